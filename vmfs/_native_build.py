@@ -1,0 +1,283 @@
+"""cffi (API mode) build of vmfs._native: liburing, openat2, and shared-memory primitives.
+
+Built at install time against the system's liburing headers (Debian: liburing-dev). The small C
+helpers below exist so one Python call does one whole step (prep + tag, or reap a batch), and so
+index words and device memory get the access widths and memory ordering the protocol requires.
+"""
+
+from cffi import FFI
+
+CDEF = r"""
+struct io_uring { ...; };
+struct io_uring_probe;
+struct open_how { uint64_t flags; uint64_t mode; uint64_t resolve; };
+struct statx_timestamp { int64_t tv_sec; uint32_t tv_nsec; ...; };
+struct statx {
+    uint32_t stx_mask; uint32_t stx_blksize; uint64_t stx_attributes;
+    uint32_t stx_nlink; uint32_t stx_uid; uint32_t stx_gid; uint16_t stx_mode;
+    uint64_t stx_ino; uint64_t stx_size; uint64_t stx_blocks;
+    struct statx_timestamp stx_atime; struct statx_timestamp stx_ctime;
+    struct statx_timestamp stx_mtime;
+    uint32_t stx_rdev_major; uint32_t stx_rdev_minor;
+    uint32_t stx_dev_major; uint32_t stx_dev_minor;
+    ...;
+};
+
+#define IORING_SETUP_SINGLE_ISSUER ...
+#define IORING_SETUP_COOP_TASKRUN ...
+#define IORING_SETUP_DEFER_TASKRUN ...
+#define IORING_OP_LAST ...
+#define RESOLVE_IN_ROOT ...
+#define RESOLVE_NO_MAGICLINKS ...
+#define RESOLVE_BENEATH ...
+#define AT_EMPTY_PATH ...
+#define AT_REMOVEDIR ...
+#define AT_FDCWD ...
+#define STATX_BASIC_STATS ...
+
+int vmfs_ring_init(struct io_uring *ring, unsigned entries, unsigned flags);
+void io_uring_queue_exit(struct io_uring *ring);
+int io_uring_submit(struct io_uring *ring);
+int io_uring_submit_and_wait(struct io_uring *ring, unsigned wait_nr);
+int io_uring_register_eventfd(struct io_uring *ring, int fd);
+unsigned io_uring_sq_space_left(struct io_uring *ring);
+int vmfs_ring_fd(struct io_uring *ring);
+
+int vmfs_opcode_supported(int op);
+
+int vmfs_prep_read(struct io_uring *r, int fd, void *buf, unsigned n, uint64_t off, uint64_t tag);
+int vmfs_prep_write(struct io_uring *r, int fd, void *buf, unsigned n, uint64_t off, uint64_t tag);
+int vmfs_prep_openat2(struct io_uring *r, int dfd, const char *path, struct open_how *how,
+                      uint64_t tag);
+int vmfs_prep_close(struct io_uring *r, int fd, uint64_t tag);
+int vmfs_prep_statx(struct io_uring *r, int dfd, const char *path, int flags, unsigned mask,
+                    struct statx *out, uint64_t tag);
+int vmfs_prep_fsync(struct io_uring *r, int fd, uint64_t tag);
+int vmfs_prep_ftruncate(struct io_uring *r, int fd, uint64_t length, uint64_t tag);
+int vmfs_prep_renameat(struct io_uring *r, int olddfd, const char *oldpath, int newdfd,
+                       const char *newpath, uint64_t tag);
+int vmfs_prep_unlinkat(struct io_uring *r, int dfd, const char *path, int flags, uint64_t tag);
+int vmfs_prep_mkdirat(struct io_uring *r, int dfd, const char *path, unsigned mode, uint64_t tag);
+int vmfs_prep_nop(struct io_uring *r, uint64_t tag);
+
+int vmfs_reap(struct io_uring *r, uint64_t *tags, int32_t *results, int max);
+int vmfs_wait(struct io_uring *r, unsigned wait_nr);
+
+int vmfs_openat2(int dfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve);
+int vmfs_statx(int dfd, const char *path, int flags, unsigned mask, struct statx *out);
+
+uint64_t vmfs_load_acquire(void *addr);
+void vmfs_store_release(void *addr, uint64_t value);
+void vmfs_full_barrier(void);
+void vmfs_copy_aligned(void *dst, const void *src, size_t n);
+void vmfs_store_byte(void *addr, uint8_t value);
+"""
+
+SOURCE = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <linux/openat2.h>
+#include <liburing.h>
+
+#ifndef IORING_SETUP_SINGLE_ISSUER
+#define IORING_SETUP_SINGLE_ISSUER (1U << 12)
+#endif
+#ifndef IORING_SETUP_COOP_TASKRUN
+#define IORING_SETUP_COOP_TASKRUN (1U << 8)
+#endif
+#ifndef IORING_SETUP_DEFER_TASKRUN
+#define IORING_SETUP_DEFER_TASKRUN (1U << 13)
+#endif
+/* Newer kernels than the liburing headers know: numbers from the kernel's io_uring ABI. */
+#define VMFS_IORING_OP_FTRUNCATE 55
+
+static int vmfs_ring_init(struct io_uring *ring, unsigned entries, unsigned flags) {
+    struct io_uring_params p;
+    memset(&p, 0, sizeof p);
+    p.flags = flags;
+    return io_uring_queue_init_params(entries, ring, &p);
+}
+
+static int vmfs_ring_fd(struct io_uring *ring) { return ring->ring_fd; }
+
+static int vmfs_opcode_supported(int op) {
+    struct io_uring_probe *probe = io_uring_get_probe();
+    int ok;
+    if (!probe) return -1;
+    ok = io_uring_opcode_supported(probe, op);
+    io_uring_free_probe(probe);
+    return ok;
+}
+
+#define VMFS_SQE(r) struct io_uring_sqe *sqe = io_uring_get_sqe(r); if (!sqe) return -EBUSY
+
+static int vmfs_prep_read(struct io_uring *r, int fd, void *buf, unsigned n, uint64_t off,
+                          uint64_t tag) {
+    VMFS_SQE(r);
+    io_uring_prep_read(sqe, fd, buf, n, off);
+    io_uring_sqe_set_data64(sqe, tag);
+    return 0;
+}
+
+static int vmfs_prep_write(struct io_uring *r, int fd, void *buf, unsigned n, uint64_t off,
+                           uint64_t tag) {
+    VMFS_SQE(r);
+    io_uring_prep_write(sqe, fd, buf, n, off);
+    io_uring_sqe_set_data64(sqe, tag);
+    return 0;
+}
+
+static int vmfs_prep_openat2(struct io_uring *r, int dfd, const char *path, struct open_how *how,
+                             uint64_t tag) {
+    VMFS_SQE(r);
+    io_uring_prep_openat2(sqe, dfd, path, how);
+    io_uring_sqe_set_data64(sqe, tag);
+    return 0;
+}
+
+static int vmfs_prep_close(struct io_uring *r, int fd, uint64_t tag) {
+    VMFS_SQE(r);
+    io_uring_prep_close(sqe, fd);
+    io_uring_sqe_set_data64(sqe, tag);
+    return 0;
+}
+
+static int vmfs_prep_statx(struct io_uring *r, int dfd, const char *path, int flags,
+                           unsigned mask, struct statx *out, uint64_t tag) {
+    VMFS_SQE(r);
+    io_uring_prep_statx(sqe, dfd, path, flags, mask, out);
+    io_uring_sqe_set_data64(sqe, tag);
+    return 0;
+}
+
+static int vmfs_prep_fsync(struct io_uring *r, int fd, uint64_t tag) {
+    VMFS_SQE(r);
+    io_uring_prep_fsync(sqe, fd, 0);
+    io_uring_sqe_set_data64(sqe, tag);
+    return 0;
+}
+
+static int vmfs_prep_ftruncate(struct io_uring *r, int fd, uint64_t length, uint64_t tag) {
+    VMFS_SQE(r);
+    io_uring_prep_rw(VMFS_IORING_OP_FTRUNCATE, sqe, fd, 0, 0, length);
+    io_uring_sqe_set_data64(sqe, tag);
+    return 0;
+}
+
+static int vmfs_prep_renameat(struct io_uring *r, int olddfd, const char *oldpath, int newdfd,
+                              const char *newpath, uint64_t tag) {
+    VMFS_SQE(r);
+    io_uring_prep_renameat(sqe, olddfd, oldpath, newdfd, newpath, 0);
+    io_uring_sqe_set_data64(sqe, tag);
+    return 0;
+}
+
+static int vmfs_prep_unlinkat(struct io_uring *r, int dfd, const char *path, int flags,
+                              uint64_t tag) {
+    VMFS_SQE(r);
+    io_uring_prep_unlinkat(sqe, dfd, path, flags);
+    io_uring_sqe_set_data64(sqe, tag);
+    return 0;
+}
+
+static int vmfs_prep_mkdirat(struct io_uring *r, int dfd, const char *path, unsigned mode,
+                             uint64_t tag) {
+    VMFS_SQE(r);
+    io_uring_prep_mkdirat(sqe, dfd, path, mode);
+    io_uring_sqe_set_data64(sqe, tag);
+    return 0;
+}
+
+static int vmfs_prep_nop(struct io_uring *r, uint64_t tag) {
+    VMFS_SQE(r);
+    io_uring_prep_nop(sqe);
+    io_uring_sqe_set_data64(sqe, tag);
+    return 0;
+}
+
+/* Copy up to max completions out of the CQ ring and mark them seen: one call per batch. */
+static int vmfs_reap(struct io_uring *r, uint64_t *tags, int32_t *results, int max) {
+    struct io_uring_cqe *cqe;
+    unsigned head;
+    int n = 0;
+    io_uring_for_each_cqe(r, head, cqe) {
+        if (n == max) break;
+        tags[n] = cqe->user_data;
+        results[n] = cqe->res;
+        n++;
+    }
+    io_uring_cq_advance(r, n);
+    return n;
+}
+
+static int vmfs_wait(struct io_uring *r, unsigned wait_nr) {
+    struct io_uring_cqe *cqe;
+    int ret;
+    do {
+        ret = io_uring_wait_cqes(r, &cqe, wait_nr, NULL, NULL);
+    } while (ret == -EINTR);
+    return ret;
+}
+
+static int vmfs_openat2(int dfd, const char *path, uint64_t flags, uint64_t mode,
+                        uint64_t resolve) {
+    struct open_how how;
+    long ret;
+    memset(&how, 0, sizeof how);
+    how.flags = flags;
+    how.mode = mode;
+    how.resolve = resolve;
+    do {
+        ret = syscall(SYS_openat2, dfd, path, &how, sizeof how);
+    } while (ret < 0 && (errno == EINTR || errno == EAGAIN));
+    return ret < 0 ? -errno : (int)ret;
+}
+
+static int vmfs_statx(int dfd, const char *path, int flags, unsigned mask, struct statx *out) {
+    return statx(dfd, path, flags, mask, out) < 0 ? -errno : 0;
+}
+
+/* Index words: single aligned 64-bit accesses with acquire/release ordering (PROTOCOL 2.2). */
+static uint64_t vmfs_load_acquire(void *addr) {
+    return __atomic_load_n((uint64_t *)addr, __ATOMIC_ACQUIRE);
+}
+
+static void vmfs_store_release(void *addr, uint64_t value) {
+    __atomic_store_n((uint64_t *)addr, value, __ATOMIC_RELEASE);
+}
+
+static void vmfs_full_barrier(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+static void vmfs_store_byte(void *addr, uint8_t value) {
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    *(volatile uint8_t *)addr = value;
+}
+
+/* Copy for device memory: naturally aligned accesses only, each source byte read once.
+   8-byte words where both addresses are 8-aligned, bytes elsewhere (PROTOCOL 2.7). */
+static void vmfs_copy_aligned(void *dst, const void *src, size_t n) {
+    volatile uint8_t *d = dst;
+    const volatile uint8_t *s = src;
+    if ((((uintptr_t)d ^ (uintptr_t)s) & 7) == 0) {
+        while (n && ((uintptr_t)d & 7)) { *d++ = *s++; n--; }
+        while (n >= 8) {
+            *(volatile uint64_t *)d = *(const volatile uint64_t *)s;
+            d += 8; s += 8; n -= 8;
+        }
+    }
+    while (n) { *d++ = *s++; n--; }
+}
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source("vmfs._native", SOURCE, libraries=["uring"])
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

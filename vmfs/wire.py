@@ -1,0 +1,307 @@
+"""The LionsOS FS protocol on the wire: every layout, enum and constant, and the ring view.
+
+The `construct` schemas are the one statement of each layout. The hot path decodes with
+`struct.Struct` objects derived from the same field lists; tests prove both agree byte for byte.
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Any, Protocol
+
+from construct import Array, Bytes, Int64sl, Int64ul, Padded, Struct
+
+# Queue geometry (PROTOCOL.md 2.1).
+QUEUE_CAPACITY = 511
+MESSAGE_SIZE = 64
+QUEUE_HEADER_SIZE = 64
+QUEUE_REGION_SIZE = QUEUE_HEADER_SIZE + QUEUE_CAPACITY * MESSAGE_SIZE
+HEAD_OFFSET = 0
+TAIL_OFFSET = 8
+PARAMS_SIZE = 48
+COMPLETION_SIZE = 24
+
+MAX_NAME_LENGTH = 255
+MAX_PATH_LENGTH = 4095
+STAT_SIZE = 136
+DIR_READ_MIN_BUFFER = MAX_NAME_LENGTH + 1
+U64_MASK = (1 << 64) - 1
+
+
+class Command(enum.IntEnum):
+    INITIALISE = 0
+    DEINITIALISE = 1
+    FILE_OPEN = 2
+    FILE_CLOSE = 3
+    STAT = 4
+    FILE_READ = 5
+    FILE_WRITE = 6
+    FILE_SIZE = 7
+    RENAME = 8
+    FILE_REMOVE = 9
+    FILE_TRUNCATE = 10
+    DIR_CREATE = 11
+    DIR_REMOVE = 12
+    DIR_OPEN = 13
+    DIR_CLOSE = 14
+    FILE_SYNC = 15
+    DIR_READ = 16
+    DIR_SEEK = 17
+    DIR_TELL = 18
+    DIR_REWIND = 19
+
+
+NUM_COMMANDS = len(Command)
+
+
+class Status(enum.IntEnum):
+    SUCCESS = 0
+    ERROR = 1
+    INVALID_BUFFER = 2
+    INVALID_PATH = 3
+    INVALID_FD = 4
+    ALLOCATION_ERROR = 5
+    OUTSTANDING_OPERATIONS = 6
+    INVALID_NAME = 7
+    TOO_MANY_OPEN_FILES = 8
+    SERVER_WAS_DENIED = 9
+    INVALID_WRITE = 10
+    INVALID_READ = 11
+    DIRECTORY_IS_FULL = 12
+    INVALID_COMMAND = 13
+    END_OF_DIRECTORY = 14
+    NO_FILE = 15
+    NOT_DIRECTORY = 16
+    ALREADY_EXISTS = 17
+    NOT_EMPTY = 18
+
+
+NUM_STATUSES = len(Status)
+
+
+class OpenFlags(enum.IntFlag):
+    READ_ONLY = 0
+    WRITE_ONLY = 1
+    READ_WRITE = 2
+    CREATE = 4
+
+
+ACCESS_MODE_MASK = 3
+KNOWN_OPEN_FLAGS = ACCESS_MODE_MASK | OpenFlags.CREATE
+
+# ---------------------------------------------------------------------------------------------
+# Schemas. Field lists are kept as data so the fast decoders below are derived, not re-typed.
+
+Buffer = Struct("offset" / Int64ul, "size" / Int64ul)
+
+_U = Int64ul
+PARAM_FIELDS: dict[Command, tuple[tuple[str, Any], ...]] = {
+    Command.INITIALISE: (),
+    Command.DEINITIALISE: (),
+    Command.FILE_OPEN: (("path", Buffer), ("flags", _U)),
+    Command.FILE_CLOSE: (("fd", _U),),
+    Command.STAT: (("path", Buffer), ("buf", Buffer)),
+    Command.FILE_READ: (("fd", _U), ("offset", _U), ("buf", Buffer)),
+    Command.FILE_WRITE: (("fd", _U), ("offset", _U), ("buf", Buffer)),
+    Command.FILE_SIZE: (("fd", _U),),
+    Command.RENAME: (("old_path", Buffer), ("new_path", Buffer)),
+    Command.FILE_REMOVE: (("path", Buffer),),
+    Command.FILE_TRUNCATE: (("fd", _U), ("length", _U)),
+    Command.DIR_CREATE: (("path", Buffer),),
+    Command.DIR_REMOVE: (("path", Buffer),),
+    Command.DIR_OPEN: (("path", Buffer),),
+    Command.DIR_CLOSE: (("fd", _U),),
+    Command.FILE_SYNC: (("fd", _U),),
+    Command.DIR_READ: (("fd", _U), ("buf", Buffer)),
+    Command.DIR_SEEK: (("fd", _U), ("loc", Int64sl)),
+    Command.DIR_TELL: (("fd", _U),),
+    Command.DIR_REWIND: (("fd", _U),),
+}
+
+PARAMS: dict[Command, Struct] = {
+    cmd: Struct(*(name / sub for name, sub in fields)) for cmd, fields in PARAM_FIELDS.items()
+}
+
+CommandMessage = Struct(
+    "id" / Int64ul,
+    "type" / Int64ul,
+    "params" / Bytes(PARAMS_SIZE),
+)
+
+CompletionMessage = Padded(
+    MESSAGE_SIZE,
+    Struct("id" / Int64ul, "status" / Int64ul, "data" / Int64ul),
+)
+
+COMPLETION_DATA_FIELD: dict[Command, str] = {
+    Command.FILE_OPEN: "fd",
+    Command.FILE_READ: "len_read",
+    Command.FILE_WRITE: "len_written",
+    Command.FILE_SIZE: "size",
+    Command.DIR_OPEN: "fd",
+    Command.DIR_READ: "path_len",
+    Command.DIR_TELL: "location",
+}
+COMPLETION_DATA: dict[Command, Struct] = {
+    cmd: Struct(name / Int64ul) for cmd, name in COMPLETION_DATA_FIELD.items()
+}
+
+STAT_FIELDS = (
+    "dev", "ino", "mode", "nlink", "uid", "gid", "rdev", "size", "blksize", "blocks",
+    "atime", "mtime", "ctime", "atime_nsec", "mtime_nsec", "ctime_nsec", "used",
+)  # fmt: skip
+StatRecord = Struct(*(name / Int64ul for name in STAT_FIELDS))
+
+QueueHeader = Struct("head" / Int64ul, "tail" / Int64ul, Bytes(48))
+QueueRegion = Struct(
+    "header" / QueueHeader,
+    "slots" / Array(QUEUE_CAPACITY, Bytes(MESSAGE_SIZE)),
+)
+
+ConfigPage = Struct(
+    "command_size" / Int64ul,
+    "completion_size" / Int64ul,
+    "data_size" / Int64ul,
+    "fault_size" / Int64ul,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Fast decoders for the per-request path, derived from the schemas above.
+
+
+def _flat_format(fields: tuple[tuple[str, Any], ...]) -> str:
+    codes = []
+    for _, sub in fields:
+        if sub is Buffer:
+            codes.append("QQ")
+        elif sub is Int64sl:
+            codes.append("q")
+        else:
+            codes.append("Q")
+    return "".join(codes)
+
+
+def flat_names(cmd: Command) -> tuple[str, ...]:
+    """Field names in the order the fast decoder returns them (buffers split in two)."""
+    names: list[str] = []
+    for name, sub in PARAM_FIELDS[cmd]:
+        names.extend([f"{name}.offset", f"{name}.size"] if sub is Buffer else [name])
+    return tuple(names)
+
+
+MESSAGE_HEADER = struct.Struct("<QQ")
+MESSAGE_WORDS = struct.Struct("<8Q")
+FAST_PARAMS: dict[Command, struct.Struct] = {
+    cmd: struct.Struct("<" + _flat_format(fields)) for cmd, fields in PARAM_FIELDS.items()
+}
+COMPLETION_FAST = struct.Struct("<QQQ")
+COMPLETION_CLEAR = bytes(MESSAGE_SIZE - COMPLETION_SIZE)
+STAT_FAST = struct.Struct("<17Q")
+CONFIG_FAST = struct.Struct("<4Q")
+
+
+def to_signed(value: int) -> int:
+    """The i64 reading of a u64 word (DIR_SEEK's `loc`)."""
+    return value - (1 << 64) if value & (1 << 63) else value
+
+
+def slot_offset(index: int) -> int:
+    """Region offset of the slot holding message number `index` (free-running u64)."""
+    return QUEUE_HEADER_SIZE + (index % QUEUE_CAPACITY) * MESSAGE_SIZE
+
+
+def buffer_ok(offset: int, size: int, share_size: int) -> bool:
+    """PROTOCOL.md 2.4, written so nothing can overflow."""
+    return size > 0 and offset < share_size and size <= share_size - offset
+
+
+def build_command(cmd_id: int, cmd_type: int, params: bytes = b"") -> bytes:
+    """A whole 64-byte command message (used by clients and tests)."""
+    return CommandMessage.build({"id": cmd_id, "type": cmd_type, "params": params.ljust(48, b"\0")})
+
+
+def build_params(cmd: Command, **fields: Any) -> bytes:
+    return PARAMS[cmd].build(fields).ljust(PARAMS_SIZE, b"\0")
+
+
+# ---------------------------------------------------------------------------------------------
+# The ring view: one queue region, with index words accessed atomically.
+
+
+class IndexWords(Protocol):
+    """Acquire-load / release-store of the aligned u64 index words at a region offset."""
+
+    def load(self, offset: int) -> int: ...
+
+    def store(self, offset: int, value: int) -> None: ...
+
+
+class PlainIndexWords:
+    """Index access for private memory (tests, fakes): plain struct access, no ordering."""
+
+    _INDEX = struct.Struct("<Q")
+
+    def __init__(self, region: memoryview) -> None:
+        self.region = region
+
+    def load(self, offset: int) -> int:
+        return self._INDEX.unpack_from(self.region, offset)[0]
+
+    def store(self, offset: int, value: int) -> None:
+        self._INDEX.pack_into(self.region, offset, value)
+
+
+class QueueView:
+    """A view of one fs_queue_t region (head, tail, 511 slots)."""
+
+    def __init__(self, region: memoryview, words: IndexWords | None = None) -> None:
+        if len(region) < QUEUE_REGION_SIZE:
+            raise ValueError(f"queue region is {len(region)} bytes, needs {QUEUE_REGION_SIZE}")
+        self.region = region
+        self.words = words or PlainIndexWords(region)
+
+    @property
+    def head(self) -> int:
+        return self.words.load(HEAD_OFFSET)
+
+    @property
+    def tail(self) -> int:
+        return self.words.load(TAIL_OFFSET)
+
+    def publish_head(self, value: int) -> None:
+        self.words.store(HEAD_OFFSET, value & U64_MASK)
+
+    def publish_tail(self, value: int) -> None:
+        self.words.store(TAIL_OFFSET, value & U64_MASK)
+
+    def length(self) -> int:
+        """Messages queued; may exceed capacity if the peer corrupted an index."""
+        return (self.tail - self.head) & U64_MASK
+
+    def peek(self, index: int) -> bytes:
+        off = slot_offset(index)
+        return bytes(self.region[off : off + MESSAGE_SIZE])
+
+    def write_slot(self, index: int, message: bytes) -> None:
+        off = slot_offset(index)
+        self.region[off : off + MESSAGE_SIZE] = message.ljust(MESSAGE_SIZE, b"\0")
+
+    def push(self, message: bytes) -> bool:
+        """Producer side: write the next slot and publish the tail; False if full."""
+        tail = self.tail
+        if (tail - self.head) & U64_MASK >= QUEUE_CAPACITY:
+            return False
+        self.write_slot(tail, message)
+        self.publish_tail(tail + 1)
+        return True
+
+    def pop(self) -> bytes | None:
+        """Consumer side: copy out the oldest message and publish the head; None if empty."""
+        head = self.head
+        if self.tail == head:
+            return None
+        message = self.peek(head)
+        self.publish_head(head + 1)
+        return message
