@@ -315,3 +315,32 @@ class LoopbackClientTransport:
             region.close()
         os.close(self._irq)
         os.close(self._notify)
+
+
+class Share:
+    """The data region as the operations use it: copy in once, copy out, or lend to the kernel.
+
+    On ordinary memory (`direct=True`) transfers may go straight between the kernel and the
+    share; on device memory every byte is bounced with aligned copies (PROTOCOL.md 2.7).
+    """
+
+    def __init__(self, view: memoryview, direct: bool) -> None:
+        self.view = view
+        self.size = len(view)
+        self.direct = direct
+
+    def copy_in(self, offset: int, size: int) -> bytes:
+        """The client's bytes at [offset, offset+size), copied out exactly once."""
+        if self.direct:
+            return bytes(self.view[offset : offset + size])
+        return bytes(copy_from_device(self.view[offset : offset + size]))
+
+    def copy_out(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        if self.direct:
+            self.view[offset : offset + len(data)] = data
+        else:
+            copy_to_device(self.view[offset : offset + len(data)], data)
+
+    def window(self, offset: int, size: int) -> memoryview:
+        """A view of the share for the kernel to read or fill (only when `direct`)."""
+        return self.view[offset : offset + size]

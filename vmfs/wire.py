@@ -89,7 +89,7 @@ class OpenFlags(enum.IntFlag):
 
 
 ACCESS_MODE_MASK = 3
-KNOWN_OPEN_FLAGS = ACCESS_MODE_MASK | OpenFlags.CREATE
+KNOWN_OPEN_FLAGS = ACCESS_MODE_MASK | int(OpenFlags.CREATE)
 
 # ---------------------------------------------------------------------------------------------
 # Schemas. Field lists are kept as data so the fast decoders below are derived, not re-typed.

@@ -1,0 +1,3 @@
+from vmfs.cli import main
+
+raise SystemExit(main())

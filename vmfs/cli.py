@@ -1,0 +1,118 @@
+"""The `vmfs` command line: serve, demo, and the tools around them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from vmfs import __version__
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from vmfs.driver import Driver, Options
+    from vmfs.uio import LoopbackTransport, TransportError
+
+    if not args.loopback:
+        print("vmfs serve: give --loopback DIR (real UIO devices: --uio)", file=sys.stderr)
+        return 2
+    if args.root is None and args.block_device is None:
+        print("vmfs serve: give --root DIR or --block-device DEV", file=sys.stderr)
+        return 2
+    try:
+        transport = LoopbackTransport(args.loopback)
+    except TransportError as e:
+        logging.getLogger("vmfs").error("cannot attach: %s", e)
+        return 1
+    options = Options(
+        root=args.root,
+        block_device=args.block_device,
+        mount_point=args.mount_point,
+        sync_mount=not args.no_sync,
+        use_uring=not args.no_uring,
+        handle_limit=args.handles,
+        state_dir=args.state_dir,
+    )
+    driver = Driver(transport, options)
+    try:
+        return driver.serve()
+    finally:
+        driver.close()
+        transport.close()
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from vmfs.demo import run_demo
+
+    return run_demo(verbose=not args.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vmfs",
+        description=(
+            "Serve the LionsOS file-system protocol from a Linux guest: commands from a native "
+            "LionsOS client's queue are performed on a Linux filesystem through io_uring."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"vmfs {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every refusal in detail")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve one client until SIGTERM/SIGINT",
+        description=(
+            "Serve one client's command queue until SIGTERM or SIGINT, then finish in-flight "
+            "work and exit 0. Commands still queued stay queued for the next start."
+        ),
+    )
+    where = serve.add_argument_group("transport")
+    where.add_argument(
+        "--loopback", metavar="DIR", help="loopback transport: files and FIFOs in DIR (no VM)"
+    )
+    what = serve.add_argument_group("what to serve")
+    what.add_argument("--root", metavar="DIR", help="serve this directory (directory mode)")
+    what.add_argument("--block-device", metavar="DEV", help="mount DEV on INITIALISE and serve it")
+    what.add_argument(
+        "--mount-point", metavar="DIR", default="/mnt", help="where to mount (default: /mnt)"
+    )
+    what.add_argument("--no-sync", action="store_true", help="mount without synchronous writes")
+    how = serve.add_argument_group("how")
+    how.add_argument(
+        "--no-uring", action="store_true", help="perform every call synchronously, no io_uring"
+    )
+    how.add_argument(
+        "--handles", type=int, default=1024, metavar="N", help="open handle limit (default 1024)"
+    )
+    how.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the restart journal lives (default: the loopback DIR, or /run/vmfs)",
+    )
+    serve.set_defaults(func=_serve)
+
+    demo = sub.add_parser(
+        "demo",
+        help="a short client session against a temporary root, printed step by step",
+        description=(
+            "Start a driver on a temporary directory over the loopback transport and walk a "
+            "session a LionsOS program would run: mkdir, create, write, list, stat, read back, "
+            "rename, remove. Prints each command, its status and result, then a summary."
+        ),
+    )
+    demo.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="vmfs: %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+    return int(args.func(args) or 0)

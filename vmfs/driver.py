@@ -1,0 +1,250 @@
+"""The driver process: wires a transport, the operations and the engine, and serves.
+
+Owns what happens around the batch loop: the served root and mount state (INITIALISE /
+DEINITIALISE), crash-restart recovery through the journal, sleeping until the client or the
+ring has something, signals, and the counters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import select
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vmfs import fsm, uring
+from vmfs.handles import HandleTable
+from vmfs.journal import Journal
+from vmfs.ops import Operations
+from vmfs.stats import Counters
+from vmfs.uio import Share, SharedIndexWords, Transport
+from vmfs.wire import QueueView, Status
+
+log = logging.getLogger("vmfs")
+
+
+@dataclass
+class Options:
+    root: str | None = None  # directory mode: serve this directory
+    block_device: str | None = None  # block mode: mount this on INITIALISE
+    mount_point: str = "/mnt"
+    sync_mount: bool = True
+    use_uring: bool = True
+    ring_entries: int = 1024
+    handle_limit: int = 1024
+    state_dir: str | None = None
+    inline_ops: frozenset[int] = frozenset()
+
+
+class Lifecycle:
+    """Model object of the driver and mount machines (fsm.driver_machine / mount_machine)."""
+
+    state: str
+
+
+class Driver:
+    def __init__(self, transport: Transport, options: Options) -> None:
+        self.transport = transport
+        self.options = options
+        self.lifecycle = Lifecycle()
+        fsm.driver_machine(self.lifecycle)
+        self.mount_state = Lifecycle()
+        fsm.mount_machine(self.mount_state)
+        self.counters = Counters()
+        self.handles = HandleTable(options.handle_limit)
+        self.share = Share(transport.data, transport.direct_io)
+        self.root_fd: int | None = None
+        self.mounter: Any = None
+        if options.block_device:
+            from vmfs.mount import Mounter
+
+            self.mounter = Mounter(options.block_device, options.mount_point, options.sync_mount)
+        self.ring: uring.Ring | None = None
+        if options.use_uring:
+            try:
+                self.ring = uring.Ring(options.ring_entries)
+            except (uring.RingUnavailable, OSError) as e:
+                log.warning("io_uring unavailable (%s); serving with synchronous calls", e)
+        inline = set(options.inline_ops)
+        if self.ring is not None:
+            inline |= {op for op in uring.Op if op not in self.ring.supported}
+        self.journal = Journal(self._state_dir() / "journal", self._identity())
+        self.ops = Operations(
+            self.share, self.handles, lambda: self.root_fd, self.initialise, self.deinitialise
+        )
+        self.engine = fsm.Engine(
+            QueueView(transport.command, SharedIndexWords(transport.command)),
+            QueueView(transport.completion, SharedIndexWords(transport.completion)),
+            self.ops,
+            self.ring,
+            uring.perform,
+            lambda: self.root_fd is not None,
+            journal=self.journal,
+            counters=self.counters,
+            inline_ops=frozenset(inline),
+        )
+        self.engine.notify = transport.notify
+        self._stopping = False
+        self._restore_mount_state()
+        self.lifecycle.attach()
+
+    # -- state --------------------------------------------------------------------------------
+
+    def _state_dir(self) -> Path:
+        if self.options.state_dir:
+            return Path(self.options.state_dir)
+        directory = getattr(self.transport, "directory", None)
+        return Path(directory) if directory else Path("/run/vmfs")
+
+    def _identity(self) -> bytes:
+        """Ties the journal to this very queue: a recreated queue starts a fresh journal."""
+        parts = [self.transport.description.encode()]
+        directory = getattr(self.transport, "directory", None)
+        if directory:
+            st = os.stat(Path(directory) / "vmfs_command")
+            parts.append(f"{st.st_dev}:{st.st_ino}:{st.st_ctime_ns}".encode())
+        try:
+            parts.append(Path("/proc/sys/kernel/random/boot_id").read_bytes())
+        except OSError:
+            pass
+        return hashlib.blake2b(b"\0".join(parts), digest_size=16).digest()
+
+    def _restore_mount_state(self) -> None:
+        """A restarted driver keeps the client's INITIALISE (PROTOCOL.md 4.0 rule 7)."""
+        if self.mounter is not None:
+            if self.mounter.is_mounted():
+                self._open_root(self.options.mount_point)
+        elif self.journal.initialised:
+            self._open_root(self.options.root or ".")
+
+    def _open_root(self, path: str) -> None:
+        self.root_fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.mount_state.initialise()
+
+    def initialise(self) -> Status:
+        if self.root_fd is not None:
+            self.mount_state.initialise()
+            return Status.SUCCESS
+        try:
+            if self.mounter is not None:
+                self.mounter.mount()
+                self._open_root(self.options.mount_point)
+            else:
+                self._open_root(self.options.root or ".")
+                self.journal.initialised = True
+        except Exception as e:  # mount errors of every kind become a status
+            log.warning("INITIALISE failed: %s", e)
+            self.mount_state.mount_failed()
+            return Status.ERROR
+        log.info("initialised: serving %s", self.served_root)
+        return Status.SUCCESS
+
+    def deinitialise(self) -> Status:
+        if self.root_fd is None:
+            self.mount_state.deinitialise()
+            return Status.SUCCESS
+        closed = self.handles.close_all()
+        if self.mounter is not None:
+            try:
+                self.mounter.unmount()
+            except Exception as e:
+                log.warning("DEINITIALISE: unmount failed: %s", e)
+                self.mount_state.unmount_failed()
+                return Status.ERROR
+        else:
+            os.sync()
+            self.journal.initialised = False
+        os.close(self.root_fd)
+        self.root_fd = None
+        self.mount_state.deinitialise()
+        log.info("deinitialised (%d handles closed)", closed)
+        return Status.SUCCESS
+
+    @property
+    def served_root(self) -> str:
+        if self.mounter is not None:
+            return f"{self.options.block_device} on {self.options.mount_point}"
+        return os.path.abspath(self.options.root or ".")
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        if self.ring is None:
+            engine = "synchronous calls (io_uring off)"
+        else:
+            ops = ",".join(sorted(op.name.lower() for op in self.ring.supported))
+            engine = f"io_uring {self.ring.entries} entries, opcodes {ops}"
+        state = "initialised" if self.root_fd is not None else "waiting for INITIALISE"
+        return (
+            f"vmfs serving {self.served_root} over {self.transport.description}; {engine}; {state}"
+        )
+
+    def request_stop(self, *_: Any) -> None:
+        self._stopping = True
+
+    def serve(self) -> int:
+        """Serve until stopped; finish in-flight work; leave untaken commands queued."""
+        log.info(self.describe())
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        old_wakeup = signal.set_wakeup_fd(wake_w)
+        handlers = {
+            sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        handlers[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._report)
+        poller = select.poll()
+        irq = self.transport.fileno()
+        poller.register(irq, select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
+        ring_fd = self.ring.eventfd() if self.ring is not None else -1
+        if ring_fd >= 0:
+            poller.register(ring_fd, select.POLLIN)
+        self.lifecycle.resume()
+        engine = self.engine
+        try:
+            while not self._stopping:
+                if engine.pump():
+                    continue
+                for fd, _ in poller.poll(1000):
+                    if fd == irq:
+                        self.transport.acknowledge()
+                    elif fd == ring_fd:
+                        _drain(ring_fd)
+                    elif fd == wake_r:
+                        _drain(wake_r)
+            self.lifecycle.stop()
+            engine.flush()
+            engine.publish()
+            self.lifecycle.drained()
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            os.close(wake_r)
+            os.close(wake_w)
+        log.info("stopped\n%s", self.counters.report())
+        return 0
+
+    def _report(self, *_: Any) -> None:
+        print(self.counters.report(), file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.handles.close_all()
+        if self.root_fd is not None:
+            os.close(self.root_fd)
+            self.root_fd = None
+        if self.ring is not None:
+            self.ring.close()
+        self.journal.close()
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass

@@ -1,0 +1,490 @@
+"""The request state machine and the batch loop that drives every request through it.
+
+The lifecycle is declared once, as `transitions` machines (`request_machine()` and friends); the
+diagrams in diagrams/ are generated from those very objects. For speed, the request machine is
+compiled at start-up into a flat table indexed by (state, trigger); `tests/test_fsm.py` proves the
+table and the machine agree everywhere.
+
+The batch loop (`Engine.pump`) takes every command it may (bounded by free completion slots),
+starts each one in queue order, submits what went to io_uring in one system call, reaps, writes
+completions as they arrive and publishes them. A request that must not overlap earlier work — a
+synchronous call, or a call touching something an in-flight request touches — enters
+barrier_wait: the ring is flushed (everything submitted before it completes), then it runs. So a
+client observes exactly what running the commands one at a time in queue order would give.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from transitions import Machine
+
+from vmfs.journal import WRITTEN
+from vmfs.ops import ANY_FILE, NAMESPACE, Request
+from vmfs.paths import PathRefused, status_of
+from vmfs.stats import Counters
+from vmfs.wire import (
+    COMPLETION_FAST,
+    FAST_PARAMS,
+    MESSAGE_HEADER,
+    MESSAGE_SIZE,
+    NUM_COMMANDS,
+    QUEUE_CAPACITY,
+    QUEUE_HEADER_SIZE,
+    U64_MASK,
+    Command,
+    QueueView,
+    Status,
+)
+
+log = logging.getLogger("vmfs.fsm")
+
+# ---------------------------------------------------------------------------------------------
+# The machines (declarations only: the single source of the diagrams and the compiled table).
+
+REQUEST_STATES = ["idle", "queued", "submitted", "barrier_wait", "completed"]
+REQUEST_TRANSITIONS = [
+    {"trigger": "take", "source": "idle", "dest": "queued"},
+    {"trigger": "answer", "source": "queued", "dest": "completed"},
+    {"trigger": "recover", "source": "queued", "dest": "completed"},
+    {"trigger": "submit", "source": "queued", "dest": "submitted"},
+    {"trigger": "hold", "source": "queued", "dest": "barrier_wait"},
+    {"trigger": "release", "source": "barrier_wait", "dest": "submitted"},
+    {"trigger": "run", "source": "barrier_wait", "dest": "completed"},
+    {"trigger": "resubmit", "source": "submitted", "dest": "submitted"},
+    {"trigger": "reap", "source": "submitted", "dest": "completed"},
+    {"trigger": "fail", "source": ["queued", "submitted", "barrier_wait"], "dest": "completed"},
+    {"trigger": "publish", "source": "completed", "dest": "idle"},
+]
+
+DRIVER_STATES = ["starting", "recovering", "serving", "draining", "stopped"]
+DRIVER_TRANSITIONS = [
+    {"trigger": "attach", "source": "starting", "dest": "recovering"},
+    {"trigger": "resume", "source": "recovering", "dest": "serving"},
+    {"trigger": "stop", "source": ["recovering", "serving"], "dest": "draining"},
+    {"trigger": "drained", "source": "draining", "dest": "stopped"},
+    {"trigger": "abort", "source": "starting", "dest": "stopped"},
+]
+
+MOUNT_STATES = ["uninitialised", "initialised"]
+MOUNT_TRANSITIONS = [
+    {"trigger": "initialise", "source": "uninitialised", "dest": "initialised"},
+    {"trigger": "initialise", "source": "initialised", "dest": "initialised"},
+    {"trigger": "deinitialise", "source": "initialised", "dest": "uninitialised"},
+    {"trigger": "deinitialise", "source": "uninitialised", "dest": "uninitialised"},
+    {"trigger": "mount_failed", "source": "uninitialised", "dest": "uninitialised"},
+    {"trigger": "unmount_failed", "source": "initialised", "dest": "initialised"},
+]
+
+
+def request_machine(
+    model: Any = None, machine_class: type[Machine] = Machine, **extra: Any
+) -> Machine:
+    return machine_class(
+        model=model,
+        states=REQUEST_STATES,
+        transitions=REQUEST_TRANSITIONS,
+        initial="idle",
+        auto_transitions=False,
+        **extra,
+    )
+
+
+def driver_machine(
+    model: Any = None, machine_class: type[Machine] = Machine, **extra: Any
+) -> Machine:
+    return machine_class(
+        model=model,
+        states=DRIVER_STATES,
+        transitions=DRIVER_TRANSITIONS,
+        initial="starting",
+        auto_transitions=False,
+        **extra,
+    )
+
+
+def mount_machine(
+    model: Any = None, machine_class: type[Machine] = Machine, **extra: Any
+) -> Machine:
+    return machine_class(
+        model=model,
+        states=MOUNT_STATES,
+        transitions=MOUNT_TRANSITIONS,
+        initial="uninitialised",
+        auto_transitions=False,
+        **extra,
+    )
+
+
+class IllegalTransition(Exception):
+    """A request was driven along an edge the machine does not have: a driver bug."""
+
+
+def compile_table(machine: Machine) -> tuple[dict[str, int], dict[str, int], list[list[int]]]:
+    """(state index, trigger index, table[state][trigger] -> next state or -1) from a machine."""
+    states = {name: i for i, name in enumerate(machine.states)}
+    triggers = {name: i for i, name in enumerate(machine.events)}
+    table = [[-1] * len(triggers) for _ in states]
+    for trigger, event in machine.events.items():
+        for source, transitions in event.transitions.items():
+            for transition in transitions:
+                table[states[source]][triggers[trigger]] = states[transition.dest]
+    return states, triggers, table
+
+
+_MACHINE = request_machine()
+STATE, TRIGGER, TABLE = compile_table(_MACHINE)
+IDLE, QUEUED, SUBMITTED = STATE["idle"], STATE["queued"], STATE["submitted"]
+BARRIER_WAIT, COMPLETED = STATE["barrier_wait"], STATE["completed"]
+T = TRIGGER  # short alias for the hot path
+
+
+def fire(req: Request, trigger: int) -> None:
+    """Move `req` along one edge of the compiled machine."""
+    nxt = TABLE[req.state][trigger]
+    if nxt < 0:
+        raise IllegalTransition(
+            f"{REQUEST_STATES[req.state]} has no {list(TRIGGER)[trigger]} transition"
+        )
+    req.state = nxt
+
+
+# ---------------------------------------------------------------------------------------------
+# The batch loop.
+
+
+class Executor(Protocol):
+    """What the engine needs of io_uring (vmfs.uring.Ring; tests use a fake)."""
+
+    pending: int
+
+    def submit_call(self, call: tuple[Any, ...], tag: int) -> Any: ...
+
+    def submit(self) -> int: ...
+
+    def wait(self, count: int = 1) -> None: ...
+
+    def reap(self) -> list[tuple[int, int]]: ...
+
+
+class Commands(Protocol):
+    """What the engine needs of the operations (vmfs.ops.Operations plus ordering claims)."""
+
+    table: dict[int, Callable[[Request], Any]]
+
+    def claims(self, req: Request) -> tuple[tuple[Any, int, int, bool], ...] | None: ...
+
+
+class JournalLike(Protocol):
+    def entry(self, index: int) -> Any: ...
+
+    def started(self, index: int) -> None: ...
+
+    def written(self, index: int, status: int, data: int, completion_index: int) -> None: ...
+
+
+class Engine:
+    """Takes commands off the command queue, drives them, writes and publishes completions."""
+
+    def __init__(
+        self,
+        commands: QueueView,
+        completions: QueueView,
+        ops: Commands,
+        executor: Executor | None,
+        perform: Callable[[tuple[Any, ...]], int],
+        initialised: Callable[[], bool],
+        journal: JournalLike | None = None,
+        counters: Counters | None = None,
+        inline_ops: frozenset[int] = frozenset(),
+    ) -> None:
+        self.cmdq = commands
+        self.cmplq = completions
+        self.ops = ops
+        self.ring = executor
+        self.perform = perform
+        self.initialised = initialised
+        self.journal = journal
+        self.counters = counters or Counters()
+        self.inline_ops = inline_ops
+        self.slots = [Request() for _ in range(QUEUE_CAPACITY)]
+        self.head = commands.head  # lowest command index not yet answered and published
+        self.next_take = self.head  # next command index to take
+        self.cmpl_tail = completions.tail  # next completion index to write
+        self.cmpl_published = self.cmpl_tail
+        self.outstanding = 0  # taken, not yet written
+        self.in_flight = 0  # requests with a call on the ring
+        self._claims: dict[Any, list[tuple[int, int, bool, int]]] = {}
+        self._claimed: list[tuple[tuple[Any, int, int, bool], ...] | None] = [None] * len(
+            self.slots
+        )
+        self._any_file_readers = 0
+        self._file_writers = 0
+        self.tap: Callable[[str, Request], None] | None = None
+        queued = (commands.tail - self.head) & U64_MASK
+        self._recovering = queued if journal is not None and queued <= QUEUE_CAPACITY else 0
+        self._warned_at = 0.0
+
+    # -- taking -------------------------------------------------------------------------------
+
+    def _free_completion_slots(self) -> int:
+        unconsumed = (self.cmpl_tail - self.cmplq.head) & U64_MASK
+        if unconsumed > QUEUE_CAPACITY:
+            self._warn(f"completion queue corrupt (head {self.cmplq.head}); treating it as full")
+            return 0
+        return QUEUE_CAPACITY - unconsumed - self.outstanding
+
+    def takeable(self) -> int:
+        """How many commands may be taken now (PROTOCOL.md 2.3)."""
+        tail = self.cmdq.tail
+        queued = (tail - self.head) & U64_MASK
+        if queued > QUEUE_CAPACITY:
+            self._warn(f"command queue corrupt (head {self.head}, tail {tail}); ignoring it")
+            return 0
+        return max(0, min((tail - self.next_take) & U64_MASK, self._free_completion_slots()))
+
+    def pump(self) -> bool:
+        """One batch: take, start, submit, reap, publish. True if anything happened."""
+        took = self.takeable()
+        region = self.cmdq.region
+        for _ in range(took):
+            index = self.next_take
+            req = self.slots[index % QUEUE_CAPACITY]
+            off = QUEUE_HEADER_SIZE + (index % QUEUE_CAPACITY) * MESSAGE_SIZE
+            req.id, req.cmd = MESSAGE_HEADER.unpack_from(region, off)
+            req.index = index
+            self.next_take = (index + 1) & U64_MASK
+            self.outstanding += 1
+            fire(req, T["take"])
+            if self._recovering:
+                self._recovering -= 1
+                entry = self.journal.entry(index) if self.journal else None
+                if entry is not None:
+                    self._recover(req, entry)
+                    continue
+            self.dispatch(req, off)
+        if took:
+            self.counters.batch(took)
+        reaped = self.reap_ready()
+        published = self.publish()
+        return bool(took or reaped or published)
+
+    def dispatch(self, req: Request, off: int) -> None:
+        cmd = req.cmd
+        req.started = time.perf_counter_ns()
+        if self.tap:
+            self.tap("take", req)
+        if cmd >= NUM_COMMANDS:
+            self._answer(req, Status.INVALID_COMMAND, T["answer"])
+            return
+        if not self.initialised() and cmd > Command.DEINITIALISE:
+            self._answer(req, Status.ERROR, T["answer"])
+            return
+        params = FAST_PARAMS[cmd].unpack_from(self.cmdq.region, off + 16)
+        req.params = params
+        if self.journal:
+            self.journal.started(req.index)
+        claims = self.ops.claims(req)
+        req.synchronous = claims is None or self.ring is None
+        if req.synchronous or (self.in_flight and self._conflicts(claims)):
+            fire(req, T["hold"])
+            self.flush()
+        try:
+            req.steps = self.ops.table[cmd](req)
+        except Exception as exc:
+            self._failed(req, exc)
+            return
+        self._advance(req, 0, first=True, claims=claims)
+
+    def _advance(self, req: Request, result: int, first: bool = False, claims: Any = None) -> None:
+        """Feed `result` to the request's steps; queue its next call or finish it."""
+        steps = req.steps
+        assert steps is not None
+        try:
+            while True:
+                call = steps.send(None) if first else steps.send(result)
+                first = False
+                if req.synchronous or call[0] in self.inline_ops:
+                    result = self.perform(call)
+                    continue
+                keep = self.ring.submit_call(call, req.index % QUEUE_CAPACITY)
+                if keep is None:
+                    self.ring.submit()
+                    keep = self.ring.submit_call(call, req.index % QUEUE_CAPACITY)
+                    if keep is None:
+                        raise OSError(16, "io_uring submission queue full")
+                req.keep = keep
+                if req.state == SUBMITTED:
+                    fire(req, T["resubmit"])
+                else:
+                    fire(req, T["release"] if req.state == BARRIER_WAIT else T["submit"])
+                    self.in_flight += 1
+                    self._claim(req, claims)
+                return
+        except StopIteration:
+            pass
+        except PathRefused as refused:
+            req.finish(refused.status)
+        except Exception as exc:
+            self._failed(req, exc)
+            return
+        trigger = {QUEUED: T["answer"], BARRIER_WAIT: T["run"], SUBMITTED: T["reap"]}[req.state]
+        self._complete(req, trigger)
+
+    # -- ordering -----------------------------------------------------------------------------
+
+    def _conflicts(self, claims: tuple[tuple[Any, int, int, bool], ...]) -> bool:
+        for key, lo, hi, write in claims:
+            if key is ANY_FILE:
+                if self._file_writers:
+                    return True
+                continue
+            if write and key != NAMESPACE and self._any_file_readers:
+                return True
+            for lo2, hi2, write2, _ in self._claims.get(key, ()):
+                if (write or write2) and lo < hi2 and lo2 < hi:
+                    return True
+        return False
+
+    def _claim(self, req: Request, claims: Any) -> None:
+        slot = req.index % QUEUE_CAPACITY
+        self._claimed[slot] = claims
+        for key, lo, hi, write in claims or ():
+            if key is ANY_FILE:
+                self._any_file_readers += 1
+                continue
+            if write and key != NAMESPACE:
+                self._file_writers += 1
+            self._claims.setdefault(key, []).append((lo, hi, write, slot))
+
+    def _unclaim(self, req: Request) -> None:
+        slot = req.index % QUEUE_CAPACITY
+        claims = self._claimed[slot]
+        if claims is None:
+            return
+        self._claimed[slot] = None
+        for key, _, _, write in claims:
+            if key is ANY_FILE:
+                self._any_file_readers -= 1
+                continue
+            if write and key != NAMESPACE:
+                self._file_writers -= 1
+            held = self._claims[key]
+            held[:] = [c for c in held if c[3] != slot]
+            if not held:
+                del self._claims[key]
+
+    def flush(self) -> None:
+        """The barrier: wait until every request on the ring has completed."""
+        if not self.in_flight or self.ring is None:
+            return
+        self.counters.flushes += 1
+        while self.in_flight:
+            self.ring.submit()
+            self.ring.wait(1)
+            self.reap_ready()
+
+    def reap_ready(self) -> int:
+        if self.ring is None or not self.in_flight:
+            return 0
+        self.ring.submit()
+        done = self.ring.reap()
+        slots = self.slots
+        for tag, result in done:
+            req = slots[tag]
+            req.keep = None
+            self._advance(req, result)
+        return len(done)
+
+    def _recover(self, req: Any, entry: Any) -> None:
+        """A command the previous driver process already started: never run it twice."""
+        fire(req, T["recover"])
+        req.started = time.perf_counter_ns()
+        if entry.phase == WRITTEN:
+            unpublished = (entry.completion_index - self.cmpl_published) & U64_MASK < 1 << 63
+            if not unpublished:
+                self.outstanding -= 1
+                return
+            req.status, req.data = entry.status, entry.data
+            log.warning("command %d: re-publishing its unpublished completion", req.index)
+        else:
+            req.status, req.data = int(Status.ERROR), 0
+            log.warning(
+                "command %d (id %d, type %d) was interrupted by a driver restart; "
+                "answering ERROR instead of running it again",
+                req.index,
+                req.id,
+                req.cmd,
+            )
+        self.write_completion(req)
+
+    # -- completing ---------------------------------------------------------------------------
+
+    def _failed(self, req: Request, exc: BaseException) -> None:
+        err = getattr(exc, "errno", None)
+        status = status_of(err) if isinstance(err, int) else Status.ERROR
+        log.warning("command %d (type %d, id %d) failed: %r", req.index, req.cmd, req.id, exc)
+        req.finish(status)
+        self._complete(req, T["fail"])
+
+    def _answer(self, req: Request, status: Status, trigger: int) -> None:
+        req.status, req.data = int(status), 0
+        self._complete(req, trigger)
+
+    def _complete(self, req: Request, trigger: int) -> None:
+        if req.state == SUBMITTED:
+            self.in_flight -= 1
+            self._unclaim(req)
+        fire(req, trigger)
+        req.steps = None
+        self.write_completion(req)
+
+    def write_completion(self, req: Request) -> None:
+        index = self.cmpl_tail
+        off = QUEUE_HEADER_SIZE + (index % QUEUE_CAPACITY) * MESSAGE_SIZE
+        region = self.cmplq.region
+        COMPLETION_FAST.pack_into(region, off, req.id, req.status, req.data)
+        region[off + 24 : off + MESSAGE_SIZE] = _ZEROS
+        self.cmpl_tail = (index + 1) & U64_MASK
+        self.outstanding -= 1
+        if self.journal:
+            self.journal.written(req.index, req.status, req.data, index)
+        self.counters.completed(req.cmd, req.status, time.perf_counter_ns() - req.started)
+        if self.tap:
+            self.tap("complete", req)
+
+    def publish(self) -> bool:
+        """Make written completions visible, then let the client reuse their command slots."""
+        published = self.cmpl_tail != self.cmpl_published
+        if published:
+            self.cmplq.publish_tail(self.cmpl_tail)
+            self.cmpl_published = self.cmpl_tail
+        head = self.head
+        slots = self.slots
+        while head != self.next_take:
+            req = slots[head % QUEUE_CAPACITY]
+            if req.state != COMPLETED:
+                break
+            fire(req, T["publish"])
+            head = (head + 1) & U64_MASK
+        if head != self.head:
+            self.head = head
+            self.cmdq.publish_head(head)
+        if published:
+            self.notify()
+        return published
+
+    def notify(self) -> None:
+        """Replaced by the driver with the transport's doorbell."""
+
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= 5.0:
+            self._warned_at = now
+            log.warning(message)
+
+
+_ZEROS = bytes(MESSAGE_SIZE - 24)

@@ -1,0 +1,552 @@
+"""One place per command: validate, confine, translate to Linux calls, turn results into statuses.
+
+Each command is a generator. It validates its private copy of the parameters, then `yield`s call
+tuples (see `vmfs.uring.perform`) and receives each call's result (>= 0 or a negated errno); it
+ends by setting `req.status` and `req.data`. The driver decides whether a yielded call goes to
+io_uring or runs at once, so each command is written once for both modes. Commands never touch
+the queues.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Callable, Generator
+from typing import Any
+
+from vmfs import paths
+from vmfs.handles import HandleTable, OpenDirectory, OpenFile
+from vmfs.paths import RESOLVE, PathRefused, status_of
+from vmfs.uio import Share
+from vmfs.uring import (
+    AT_EMPTY_PATH,
+    AT_REMOVEDIR,
+    IORING_OP_CLOSE,
+    IORING_OP_FSYNC,
+    IORING_OP_FTRUNCATE,
+    IORING_OP_MKDIRAT,
+    IORING_OP_OPENAT2,
+    IORING_OP_READ,
+    IORING_OP_RENAMEAT,
+    IORING_OP_STATX,
+    IORING_OP_UNLINKAT,
+    IORING_OP_WRITE,
+    MAX_IO,
+    new_statx,
+)
+from vmfs.wire import (
+    ACCESS_MODE_MASK,
+    DIR_READ_MIN_BUFFER,
+    KNOWN_OPEN_FLAGS,
+    STAT_FAST,
+    STAT_SIZE,
+    U64_MASK,
+    Command,
+    OpenFlags,
+    Status,
+    buffer_ok,
+)
+
+log = logging.getLogger("vmfs.ops")
+
+Steps = Generator[tuple[Any, ...], int, None]
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+MAX_FILE_OFFSET = 1 << 63
+OPEN_BASE = os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+ACCESS_TO_LINUX = {0: os.O_RDONLY, 1: os.O_WRONLY, 2: os.O_RDWR}
+
+
+NAMESPACE = "namespace"
+ANY_FILE = "any-file"
+WHOLE_FILE = 1 << 64
+Claim = tuple[Any, int, int, bool]  # (object, first byte, end byte, writes?)
+NAMESPACE_READ: tuple[Claim, ...] = ((NAMESPACE, 0, 1, False),)
+NAMESPACE_WRITE: tuple[Claim, ...] = ((NAMESPACE, 0, 1, True),)
+STAT_CLAIMS: tuple[Claim, ...] = ((NAMESPACE, 0, 1, False), (ANY_FILE, 0, WHOLE_FILE, False))
+NAME_COMMANDS = frozenset(
+    {Command.RENAME, Command.FILE_REMOVE, Command.DIR_CREATE, Command.DIR_REMOVE}
+)
+HANDLE_ONLY_COMMANDS = frozenset(
+    {Command.DIR_READ, Command.DIR_SEEK, Command.DIR_TELL, Command.DIR_CLOSE}
+)
+
+
+class Request:
+    """One command's life in the driver; preallocated per queue slot and reused."""
+
+    __slots__ = (
+        "cmd",
+        "data",
+        "id",
+        "index",
+        "keep",
+        "params",
+        "started",
+        "state",
+        "status",
+        "steps",
+        "synchronous",
+    )
+
+    def __init__(self) -> None:
+        self.index = 0
+        self.id = 0
+        self.cmd = 0
+        self.params: tuple[int, ...] = ()
+        self.state = 0
+        self.status = 0
+        self.data = 0
+        self.steps: Steps | None = None
+        self.keep: Any = None
+        self.started = 0
+        self.synchronous = False
+
+    def finish(self, status: Status | int, data: int = 0) -> None:
+        self.status = int(status)
+        self.data = data if status == Status.SUCCESS else 0
+
+
+class Operations:
+    """The 20 commands against one served root."""
+
+    def __init__(
+        self,
+        share: Share,
+        handles: HandleTable,
+        root: Callable[[], int | None],
+        initialise: Callable[[], Status],
+        deinitialise: Callable[[], Status],
+    ) -> None:
+        self.share = share
+        self.handles = handles
+        self._root = root
+        self._initialise = initialise
+        self._deinitialise = deinitialise
+        self.table: dict[int, Callable[[Request], Steps]] = {
+            Command.INITIALISE: self.initialise,
+            Command.DEINITIALISE: self.deinitialise,
+            Command.FILE_OPEN: self.file_open,
+            Command.FILE_CLOSE: self.file_close,
+            Command.STAT: self.stat,
+            Command.FILE_READ: self.file_read,
+            Command.FILE_WRITE: self.file_write,
+            Command.FILE_SIZE: self.file_size,
+            Command.RENAME: self.rename,
+            Command.FILE_REMOVE: self.file_remove,
+            Command.FILE_TRUNCATE: self.file_truncate,
+            Command.DIR_CREATE: self.dir_create,
+            Command.DIR_REMOVE: self.dir_remove,
+            Command.DIR_OPEN: self.dir_open,
+            Command.DIR_CLOSE: self.dir_close,
+            Command.FILE_SYNC: self.file_sync,
+            Command.DIR_READ: self.dir_read,
+            Command.DIR_SEEK: self.dir_seek,
+            Command.DIR_TELL: self.dir_tell,
+            Command.DIR_REWIND: self.dir_rewind,
+        }
+
+    def claims(self, req: Request) -> tuple[Claim, ...] | None:
+        """What the command reads or writes, for ordering against in-flight requests.
+
+        None means "everything": the request waits for the ring to drain (mount changes).
+        An empty tuple means it touches nothing another request could observe.
+        """
+        cmd, p = req.cmd, req.params
+        if cmd == Command.FILE_READ or cmd == Command.FILE_WRITE:
+            entry = self.handles.file(p[0])
+            if entry is None:
+                return ()
+            return ((entry.key, p[1], p[1] + p[3], cmd == Command.FILE_WRITE),)
+        if cmd in (Command.FILE_SIZE, Command.FILE_SYNC, Command.FILE_TRUNCATE, Command.FILE_CLOSE):
+            entry = self.handles.file(p[0])
+            if entry is None:
+                return ()
+            writes = cmd == Command.FILE_TRUNCATE or cmd == Command.FILE_CLOSE
+            return ((entry.key, 0, WHOLE_FILE, writes),)
+        if cmd == Command.STAT:
+            return STAT_CLAIMS
+        if cmd == Command.FILE_OPEN:
+            return NAMESPACE_WRITE if p[2] & OpenFlags.CREATE else NAMESPACE_READ
+        if cmd in NAME_COMMANDS:
+            return NAMESPACE_WRITE
+        if cmd in HANDLE_ONLY_COMMANDS:
+            return ()
+        if cmd == Command.DIR_OPEN or cmd == Command.DIR_REWIND:
+            return NAMESPACE_READ
+        return None
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _path(self, offset: int, size: int) -> bytes:
+        """Copy the path out of the share once, then parse the copy."""
+        if not buffer_ok(offset, size, self.share.size):
+            raise PathRefused()
+        if size > 4096:  # longer than any valid path plus a NUL: refuse before copying
+            raise PathRefused()
+        return paths.parse(self.share.copy_in(offset, size))
+
+    def _buffer_ok(self, offset: int, size: int) -> bool:
+        return buffer_ok(offset, size, self.share.size)
+
+    # -- mount state --------------------------------------------------------------------------
+
+    def initialise(self, req: Request) -> Steps:
+        req.finish(self._initialise())
+        yield from ()
+
+    def deinitialise(self, req: Request) -> Steps:
+        req.finish(self._deinitialise())
+        yield from ()
+
+    # -- files --------------------------------------------------------------------------------
+
+    def file_open(self, req: Request) -> Steps:
+        path_off, path_size, flags = req.params
+        relative = self._path(path_off, path_size)
+        access = flags & ACCESS_MODE_MASK
+        if flags & ~KNOWN_OPEN_FLAGS or access == 3:
+            req.finish(Status.ERROR)
+            return
+        if self.handles.full():
+            req.finish(Status.TOO_MANY_OPEN_FILES)
+            return
+        create = bool(flags & OpenFlags.CREATE)
+        linux_flags = OPEN_BASE | ACCESS_TO_LINUX[access] | (os.O_CREAT if create else 0)
+        mode = FILE_MODE if create else 0  # openat2 refuses a mode without O_CREAT
+        fd = yield (IORING_OP_OPENAT2, self._root(), relative, linux_flags, mode, RESOLVE)
+        if fd < 0:
+            req.finish(status_of(-fd, names_created=create))
+            return
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            req.finish(Status.ERROR)
+            return
+        entry = OpenFile(fd, access != 1, access != 0, (st.st_dev, st.st_ino))
+        handle = self.handles.add(entry)
+        if handle is None:
+            os.close(fd)
+            req.finish(Status.TOO_MANY_OPEN_FILES)
+            return
+        req.finish(Status.SUCCESS, handle)
+
+    def file_close(self, req: Request) -> Steps:
+        if self.handles.file(req.params[0]) is None:
+            req.finish(Status.INVALID_FD)
+            return
+        entry = self.handles.remove(req.params[0])
+        assert entry is not None
+        res = yield (IORING_OP_CLOSE, entry.fd)
+        req.finish(Status.SUCCESS if res >= 0 else Status.ERROR)
+
+    def file_read(self, req: Request) -> Steps:
+        handle, position, buf_off, buf_size = req.params
+        if not self._buffer_ok(buf_off, buf_size):
+            req.finish(Status.INVALID_BUFFER)
+            return
+        entry = self.handles.file(handle)
+        if entry is None:
+            req.finish(Status.INVALID_FD)
+            return
+        if not entry.readable:
+            req.finish(Status.INVALID_READ)
+            return
+        if position >= MAX_FILE_OFFSET:
+            req.finish(Status.ERROR)
+            return
+        direct = self.share.direct
+        target = self.share.window(buf_off, buf_size) if direct else bytearray(buf_size)
+        view = memoryview(target)
+        done = 0
+        while done < buf_size:
+            chunk = view[done : done + MAX_IO]
+            res = yield (IORING_OP_READ, entry.fd, chunk, position + done)
+            if res < 0:
+                if done == 0:
+                    req.finish(status_of(-res))
+                    return
+                break
+            if res == 0:
+                break
+            done += res
+        if not direct and done:
+            self.share.copy_out(buf_off, view[:done])
+        req.finish(Status.SUCCESS, done)
+
+    def file_write(self, req: Request) -> Steps:
+        handle, position, buf_off, buf_size = req.params
+        if not self._buffer_ok(buf_off, buf_size):
+            req.finish(Status.INVALID_BUFFER)
+            return
+        entry = self.handles.file(handle)
+        if entry is None:
+            req.finish(Status.INVALID_FD)
+            return
+        if not entry.writable:
+            req.finish(Status.INVALID_WRITE)
+            return
+        if position >= MAX_FILE_OFFSET:
+            req.finish(Status.ERROR)
+            return
+        if self.share.direct:
+            view = self.share.window(buf_off, buf_size)
+        else:
+            view = memoryview(self.share.copy_in(buf_off, buf_size))
+        done = 0
+        while done < buf_size:
+            res = yield (IORING_OP_WRITE, entry.fd, view[done : done + MAX_IO], position + done)
+            if res <= 0:
+                if done == 0:
+                    req.finish(status_of(-res) if res < 0 else Status.ERROR)
+                    return
+                break
+            done += res
+        req.finish(Status.SUCCESS, done)
+
+    def file_size(self, req: Request) -> Steps:
+        entry = self.handles.file(req.params[0])
+        if entry is None:
+            req.finish(Status.INVALID_FD)
+            return
+        out = new_statx()
+        res = yield (IORING_OP_STATX, entry.fd, b"", AT_EMPTY_PATH, out)
+        if res < 0:
+            req.finish(status_of(-res))
+            return
+        req.finish(Status.SUCCESS, out.stx_size)
+
+    def file_truncate(self, req: Request) -> Steps:
+        handle, length = req.params
+        entry = self.handles.file(handle)
+        if entry is None:
+            req.finish(Status.INVALID_FD)
+            return
+        if not entry.writable:
+            req.finish(Status.INVALID_WRITE)
+            return
+        if length >= MAX_FILE_OFFSET:
+            req.finish(Status.ERROR)
+            return
+        res = yield (IORING_OP_FTRUNCATE, entry.fd, length)
+        req.finish(Status.SUCCESS if res >= 0 else status_of(-res))
+
+    def file_sync(self, req: Request) -> Steps:
+        entry = self.handles.file(req.params[0])
+        if entry is None:
+            req.finish(Status.INVALID_FD)
+            return
+        res = yield (IORING_OP_FSYNC, entry.fd)
+        req.finish(Status.SUCCESS if res >= 0 else status_of(-res))
+
+    def stat(self, req: Request) -> Steps:
+        path_off, path_size, buf_off, buf_size = req.params
+        relative = self._path(path_off, path_size)
+        if not self._buffer_ok(buf_off, buf_size) or buf_size < STAT_SIZE:
+            req.finish(Status.INVALID_BUFFER)
+            return
+        out = new_statx()
+        fd = paths.openat2_sync(self._root(), relative, os.O_PATH | os.O_CLOEXEC, 0, RESOLVE)
+        if fd < 0:
+            req.finish(status_of(-fd))
+            return
+        try:
+            res = yield (IORING_OP_STATX, fd, b"", AT_EMPTY_PATH, out)
+        finally:
+            os.close(fd)
+        if res < 0:
+            req.finish(status_of(-res))
+            return
+        self.share.copy_out(buf_off, stat_record(out))
+        req.finish(Status.SUCCESS)
+
+    # -- names --------------------------------------------------------------------------------
+
+    def _with_parent(
+        self, relative: bytes, on_root: Status
+    ) -> Generator[tuple[Any, ...], int, tuple[int, bytes] | Status]:
+        """Resolve the parent of `relative` inside the root: (parent fd, name) or a status."""
+        parent, name = paths.split(relative)
+        if not name or (name == b".." and paths.resolves_to_root(self._root(), relative)):
+            return on_root
+        fd = paths.open_parent(self._root(), parent)
+        if fd < 0:
+            return status_of(-fd)
+        return fd, name
+        yield  # a generator, so callers can `yield from` it uniformly
+
+    def _name_op(self, req: Request, on_root: Status, make_call: Any, names: bool) -> Steps:
+        relative = self._path(req.params[0], req.params[1])
+        target = yield from self._with_parent(relative, on_root)
+        if isinstance(target, Status):
+            req.finish(target)
+            return
+        fd, name = target
+        try:
+            res = yield make_call(fd, name)
+        finally:
+            os.close(fd)
+        req.finish(Status.SUCCESS if res >= 0 else status_of(-res, names_created=names))
+
+    def dir_create(self, req: Request) -> Steps:
+        yield from self._name_op(
+            req,
+            Status.ALREADY_EXISTS,
+            lambda fd, name: (IORING_OP_MKDIRAT, fd, name, DIR_MODE),
+            names=True,
+        )
+
+    def dir_remove(self, req: Request) -> Steps:
+        yield from self._name_op(
+            req,
+            Status.SERVER_WAS_DENIED,
+            lambda fd, name: (IORING_OP_UNLINKAT, fd, name, AT_REMOVEDIR),
+            names=False,
+        )
+
+    def file_remove(self, req: Request) -> Steps:
+        yield from self._name_op(
+            req,
+            Status.SERVER_WAS_DENIED,
+            lambda fd, name: (IORING_OP_UNLINKAT, fd, name, 0),
+            names=False,
+        )
+
+    def rename(self, req: Request) -> Steps:
+        old_off, old_size, new_off, new_size = req.params
+        old = self._path(old_off, old_size)
+        new = self._path(new_off, new_size)
+        source = yield from self._with_parent(old, Status.SERVER_WAS_DENIED)
+        if isinstance(source, Status):
+            req.finish(source)
+            return
+        target = yield from self._with_parent(new, Status.SERVER_WAS_DENIED)
+        if isinstance(target, Status):
+            os.close(source[0])
+            req.finish(target)
+            return
+        try:
+            res = yield (IORING_OP_RENAMEAT, source[0], source[1], target[0], target[1])
+        finally:
+            os.close(source[0])
+            os.close(target[0])
+        req.finish(Status.SUCCESS if res >= 0 else status_of(-res, names_created=True))
+
+    # -- directories --------------------------------------------------------------------------
+
+    def dir_open(self, req: Request) -> Steps:
+        relative = self._path(req.params[0], req.params[1])
+        if self.handles.full():
+            req.finish(Status.TOO_MANY_OPEN_FILES)
+            return
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NONBLOCK
+        fd = paths.openat2_sync(self._root(), relative, flags, 0, RESOLVE)
+        if fd < 0:
+            req.finish(status_of(-fd))
+            return
+        entry = OpenDirectory(fd, list_names(fd))
+        handle = self.handles.add(entry)
+        if handle is None:
+            os.close(fd)
+            req.finish(Status.TOO_MANY_OPEN_FILES)
+            return
+        req.finish(Status.SUCCESS, handle)
+        yield from ()
+
+    def dir_close(self, req: Request) -> Steps:
+        entry = self.handles.directory(req.params[0])
+        if entry is None:
+            req.finish(Status.INVALID_FD)
+            return
+        self.handles.remove(req.params[0])
+        os.close(entry.fd)
+        req.finish(Status.SUCCESS)
+        yield from ()
+
+    def dir_read(self, req: Request) -> Steps:
+        handle, buf_off, buf_size = req.params
+        if not self._buffer_ok(buf_off, buf_size) or buf_size < DIR_READ_MIN_BUFFER:
+            req.finish(Status.INVALID_BUFFER)
+            return
+        entry = self.handles.directory(handle)
+        if entry is None:
+            req.finish(Status.INVALID_FD)
+            return
+        if entry.position >= len(entry.names):
+            req.finish(Status.END_OF_DIRECTORY)
+            return
+        name = entry.names[entry.position]
+        entry.position += 1
+        self.share.copy_out(buf_off, name + b"\0")
+        req.finish(Status.SUCCESS, len(name))
+        yield from ()
+
+    def dir_seek(self, req: Request) -> Steps:
+        handle, location = req.params
+        entry = self.handles.directory(handle)
+        if entry is None:
+            req.finish(Status.INVALID_FD)
+            return
+        if location < 0:
+            req.finish(Status.ERROR)
+            return
+        entry.position = min(location, len(entry.names))
+        req.finish(Status.SUCCESS)
+        yield from ()
+
+    def dir_tell(self, req: Request) -> Steps:
+        entry = self.handles.directory(req.params[0])
+        if entry is None:
+            req.finish(Status.INVALID_FD)
+            return
+        req.finish(Status.SUCCESS, entry.position)
+        yield from ()
+
+    def dir_rewind(self, req: Request) -> Steps:
+        entry = self.handles.directory(req.params[0])
+        if entry is None:
+            req.finish(Status.INVALID_FD)
+            return
+        entry.names = list_names(entry.fd)
+        entry.position = 0
+        req.finish(Status.SUCCESS)
+        yield from ()
+
+
+MAX_LISTING = 1 << 20
+
+
+def list_names(fd: int) -> list[bytes]:
+    """A snapshot of a directory's names (no "." or ".."), stable until the next rewind."""
+    names: list[bytes] = []
+    with os.scandir(fd) as it:
+        for entry in it:
+            names.append(os.fsencode(entry.name))
+            if len(names) >= MAX_LISTING:
+                log.warning("directory listing truncated at %d entries", MAX_LISTING)
+                break
+    return names
+
+
+def stat_record(sx: Any) -> bytes:
+    """The 136-byte stat record (PROTOCOL.md 3.6) from a struct statx."""
+    return STAT_FAST.pack(
+        os.makedev(sx.stx_dev_major, sx.stx_dev_minor),
+        sx.stx_ino,
+        sx.stx_mode,
+        sx.stx_nlink,
+        sx.stx_uid,
+        sx.stx_gid,
+        os.makedev(sx.stx_rdev_major, sx.stx_rdev_minor),
+        sx.stx_size,
+        sx.stx_blksize,
+        sx.stx_blocks,
+        sx.stx_atime.tv_sec & U64_MASK,
+        sx.stx_mtime.tv_sec & U64_MASK,
+        sx.stx_ctime.tv_sec & U64_MASK,
+        sx.stx_atime.tv_nsec,
+        sx.stx_mtime.tv_nsec,
+        sx.stx_ctime.tv_nsec,
+        sx.stx_blocks * 512,
+    )

@@ -1,0 +1,102 @@
+"""Client paths: parsing, chroot-like confined resolution, and errno → status translation.
+
+Confinement is structural (virtiofsd's approach): every lookup starts at the served root's
+descriptor and goes through openat2 with RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS, so `..`,
+absolute paths and absolute or relative symlinks found on the disk all stay inside the root.
+Operations on a final component (unlink, rmdir, mkdir, rename) act on a name relative to a
+parent directory resolved that way, so a final symlink is never followed out.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from vmfs.uring import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2_sync
+from vmfs.wire import MAX_NAME_LENGTH, MAX_PATH_LENGTH, Status
+
+RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
+O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+ROOT = b"."
+
+
+class PathRefused(Exception):
+    """The path bytes are unusable (PROTOCOL.md 4.0 rule 5); carries the status to report."""
+
+    def __init__(self, status: Status = Status.INVALID_PATH) -> None:
+        super().__init__(status.name)
+        self.status = status
+
+
+def parse(raw: bytes) -> bytes:
+    """Validate client path bytes; return a root-relative path for openat2 (b"." for the root)."""
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raw = raw[:nul]
+    if not raw or len(raw) > MAX_PATH_LENGTH:
+        raise PathRefused()
+    parts = [p for p in raw.split(b"/") if p and p != b"."]
+    for part in parts:
+        if len(part) > MAX_NAME_LENGTH:
+            raise PathRefused()
+    return b"/".join(parts) if parts else ROOT
+
+
+def split(relative: bytes) -> tuple[bytes, bytes]:
+    """(parent, final name) of a parsed path; name is b"" for the root itself."""
+    if relative == ROOT:
+        return ROOT, b""
+    parent, _, name = relative.rpartition(b"/")
+    return parent or ROOT, name
+
+
+def open_parent(root_fd: int, parent: bytes) -> int:
+    """An O_PATH descriptor of `parent`, resolved inside the root, or a negated errno."""
+    return openat2_sync(root_fd, parent, O_PATH_DIR, 0, RESOLVE)
+
+
+def resolves_to_root(root_fd: int, relative: bytes) -> bool:
+    """Whether a path like "a/.." names the served root itself (so it must not be removed)."""
+    fd = openat2_sync(root_fd, relative, O_PATH_DIR, 0, RESOLVE)
+    if fd < 0:
+        return False
+    try:
+        st, root = os.fstat(fd), os.fstat(root_fd)
+        return (st.st_dev, st.st_ino) == (root.st_dev, root.st_ino)
+    finally:
+        os.close(fd)
+
+
+_BASE = {
+    errno.ENOENT: Status.NO_FILE,
+    errno.ENOTDIR: Status.NOT_DIRECTORY,
+    errno.EEXIST: Status.ALREADY_EXISTS,
+    errno.ENOTEMPTY: Status.NOT_EMPTY,
+    errno.EISDIR: Status.ERROR,
+    errno.EACCES: Status.SERVER_WAS_DENIED,
+    errno.EPERM: Status.SERVER_WAS_DENIED,
+    errno.EROFS: Status.SERVER_WAS_DENIED,
+    errno.ENOSPC: Status.DIRECTORY_IS_FULL,
+    errno.EDQUOT: Status.DIRECTORY_IS_FULL,
+    errno.EMLINK: Status.DIRECTORY_IS_FULL,
+    errno.ENAMETOOLONG: Status.INVALID_PATH,
+    errno.ELOOP: Status.INVALID_PATH,
+    errno.EXDEV: Status.INVALID_PATH,
+    errno.EINVAL: Status.ERROR,
+    errno.EBADF: Status.INVALID_FD,
+    errno.EMFILE: Status.TOO_MANY_OPEN_FILES,
+    errno.ENFILE: Status.TOO_MANY_OPEN_FILES,
+    errno.ENOMEM: Status.ALLOCATION_ERROR,
+    errno.EFAULT: Status.INVALID_BUFFER,
+}
+
+
+def status_of(err: int, names_created: bool = False) -> Status:
+    """PROTOCOL.md 5.1 for the failing operation's own errno (positive).
+
+    `names_created`: the command creates or renames a name, where EINVAL means the filesystem
+    rejected the name (INVALID_NAME); elsewhere EINVAL is ERROR.
+    """
+    if err == errno.EINVAL and names_created:
+        return Status.INVALID_NAME
+    return _BASE.get(err, Status.ERROR)
