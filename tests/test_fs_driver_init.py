@@ -39,8 +39,8 @@ note({{"pid": os.getpid(), "argv": sys.argv[1:], "t": time.monotonic()}})
 runs = sum('"pid"' in line for line in record.read_text().splitlines())
 plan = os.environ.get("STANDIN_PLAN", "sleep").split()
 action = plan[min(runs, len(plan)) - 1]
-if action == "sleep":
-    time.sleep(60)
+if action in ("sleep", "nap"):
+    time.sleep(60 if action == "sleep" else 1)
     sys.exit(0)
 sys.exit(int(action))
 """
@@ -49,7 +49,7 @@ sys.exit(int(action))
 class Run:
     """One fs_driver_init process and the stand-in's record."""
 
-    def __init__(self, tmp_path: Path, shell: list[str], plan: str, **env: str) -> None:
+    def __init__(self, tmp_path: Path, shell: list[str], plan: str, *args: str, **env: str) -> None:
         self.record = tmp_path / "record.jsonl"
         self.record.touch()
         standin = tmp_path / "standin"
@@ -64,7 +64,7 @@ class Run:
             **env,
         }
         self.proc = subprocess.Popen(
-            [*shell, str(SCRIPT)], env=environment, stderr=subprocess.PIPE, text=True
+            [*shell, str(SCRIPT), *args], env=environment, stderr=subprocess.PIPE, text=True
         )
 
     def entries(self) -> list[dict]:
@@ -99,8 +99,8 @@ def launch(tmp_path: Path, shell: list[str]) -> Iterator[Launch]:
     """Start fs_driver_init with the stand-in; everything started is killed afterwards."""
     started: list[Run] = []
 
-    def start(plan: str, **env: str) -> Run:
-        run = Run(tmp_path, shell, plan, **env)
+    def start(plan: str, *args: str, **env: str) -> Run:
+        run = Run(tmp_path, shell, plan, *args, **env)
         started.append(run)
         return run
 
@@ -191,3 +191,16 @@ def test_missing_driver_command(launch: Launch, tmp_path: Path) -> None:
     assert code != 0
     assert "absent" in err and "not found" in err
     assert run.starts() == []
+
+
+def test_start_argument_supervises_in_the_background(launch: Launch, tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    run = launch("1 nap", "start", VMFS_LOG=str(log))
+    code, _ = run.finish(timeout=0.9)
+    assert code == 0
+    deadline = time.monotonic() + 5.0
+    while "driver exited normally" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    assert len(run.starts()) == 2
+    assert "exited with status 1" in log.read_text()
