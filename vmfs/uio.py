@@ -477,7 +477,11 @@ class UioTransport:
         return self._irq
 
     def acknowledge(self) -> None:
-        """Read the event count (so the fd stops being readable), then unmask the IRQ again."""
+        """Read the event count (so the fd stops polling readable), then unmask the IRQ.
+
+        The caller drains the command queue after this: a notification that came while the IRQ
+        was masked was dropped by the VMM, and only that re-check finds its command.
+        """
         try:
             count = os.read(self._irq, 4)
             if len(count) == 4:
