@@ -17,7 +17,10 @@ from vmfs.mount import Mounter, MountError, first_partition
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root"),
     pytest.mark.skipif(not os.path.exists("/dev/loop-control"), reason="no loop devices"),
-    pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="mkfs.ext4 (e2fsprogs) missing"),
+    *(
+        pytest.mark.skipif(shutil.which(tool) is None, reason=f"{tool} missing")
+        for tool in ("mkfs.ext4", "debugfs", "sfdisk", "losetup", "umount")
+    ),
 ]
 
 MIB = 1 << 20
