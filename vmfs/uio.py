@@ -344,3 +344,196 @@ class Share:
     def window(self, offset: int, size: int) -> memoryview:
         """A view of the share for the kernel to read or fill (only when `direct`)."""
         return self.view[offset : offset + size]
+
+
+UIO_SYSFS_ROOT = "/sys/class/uio"
+UIO_DEV_ROOT = "/dev"
+UIO_COMPATIBLE = b"generic-uio"
+
+
+@dataclass(frozen=True)
+class UioDevice:
+    """One UIO device carrying a vmfs region (PROTOCOL.md 7.1, discovery)."""
+
+    name: str
+    node: str
+    path: Path
+    map_size: int | None
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.name})"
+
+
+def _region_name(node: Path) -> str | None:
+    """The region name from a device's compatible list, None if the device is not generic-uio."""
+    try:
+        compatible = (node / "device" / "of_node" / "compatible").read_bytes()
+    except OSError:
+        return None
+    if not compatible.startswith(UIO_COMPATIBLE + b"\0"):
+        return None
+    if not compatible.endswith(b"\0"):
+        raise TransportError(f"{node.name}: compatible {compatible!r} is truncated (no final NUL)")
+    second = compatible.split(b"\0")[1]
+    if not second:
+        return None
+    return second.decode("ascii", "replace")
+
+
+def _map0_size(node: Path) -> int | None:
+    try:
+        return int((node / "maps" / "map0" / "size").read_text().strip(), 0)
+    except (OSError, ValueError):
+        return None
+
+
+def find_uio_devices(
+    sysfs_root: str | os.PathLike[str] = UIO_SYSFS_ROOT,
+    dev_root: str | os.PathLike[str] = UIO_DEV_ROOT,
+) -> dict[str, UioDevice]:
+    """The vmfs regions present now, by name; a name given by two devices is an error."""
+    found: dict[str, UioDevice] = {}
+    root = Path(sysfs_root)
+    nodes = sorted(root.glob("uio*"), key=lambda p: (len(p.name), p.name)) if root.is_dir() else []
+    for node in nodes:
+        name = _region_name(node)
+        if name not in REGION_NAMES:
+            continue
+        device = UioDevice(name, node.name, Path(dev_root) / node.name, _map0_size(node))
+        if name in found:
+            raise TransportError(f"{name} is provided by both {found[name].node} and {node.name}")
+        found[name] = device
+    return found
+
+
+class UioTransport:
+    """The real transport: regions are UIO maps, the client's IRQ arrives on vmfs_command.
+
+    The regions are device memory (uncached on AArch64), so the driver must bounce all data
+    through private buffers (`direct_io` is False) and copy with `copy_from_device` /
+    `copy_to_device`.
+    """
+
+    direct_io = False
+
+    def __init__(self, devices: dict[str, UioDevice], irq_fd: int | None = None) -> None:
+        missing = [n for n in REGION_NAMES if n not in devices]
+        if missing:
+            raise TransportError(f"UIO devices missing: {', '.join(missing)}")
+        self._maps: list[mmap.mmap] = []
+        self._irq = -1
+        try:
+            config = self._map(devices["vmfs_config"], CONFIG_SIZE)
+            self.sizes = RegionSizes.from_config(copy_from_device(config, CONFIG_FORMAT.size))
+            config.release()
+            self.sizes.check()
+            self.command = self._map(devices["vmfs_command"], self.sizes.command)
+            self.completion = self._map(devices["vmfs_completion"], self.sizes.completion)
+            self.data = self._map(devices["vmfs_data"], self.sizes.data)
+            self.fault = self._map(devices["vmfs_fault"], max(self.sizes.fault, 1))
+            self._irq = irq_fd if irq_fd is not None else self._open(devices["vmfs_command"])
+            os.set_blocking(self._irq, False)
+            self._enable()
+        except BaseException:
+            self.close()
+            raise
+        from vmfs._native import ffi, lib
+
+        self._doorbell = ffi.from_buffer("uint8_t[]", self.fault)
+        self._store_byte = lib.vmfs_store_byte
+        self._ffi = ffi
+        self.description = f"uio {devices['vmfs_command'].path} (data {self.sizes.data} bytes)"
+
+    @classmethod
+    def discover(
+        cls,
+        sysfs_root: str | os.PathLike[str] = UIO_SYSFS_ROOT,
+        dev_root: str | os.PathLike[str] = UIO_DEV_ROOT,
+        wait_seconds: float = 30.0,
+        poll_interval: float = 0.25,
+    ) -> UioTransport:
+        """Find and map the five devices, waiting up to `wait_seconds` for any still missing."""
+        import time
+
+        deadline = time.monotonic() + wait_seconds
+        reported: list[str] | None = None
+        while True:
+            devices = find_uio_devices(sysfs_root, dev_root)
+            missing = [n for n in REGION_NAMES if n not in devices]
+            missing += [str(d.path) for d in devices.values() if not d.path.exists()]
+            if not missing:
+                return cls(devices)
+            if time.monotonic() >= deadline:
+                raise TransportError(
+                    f"UIO devices missing after {wait_seconds:g} s: {', '.join(missing)} "
+                    f"(scanned {sysfs_root}, {dev_root})"
+                )
+            if missing != reported:
+                log.info("waiting for UIO devices: %s", ", ".join(missing))
+                reported = missing
+            time.sleep(poll_interval)
+
+    @staticmethod
+    def _open(device: UioDevice) -> int:
+        try:
+            return os.open(device.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            raise TransportError(f"cannot open {device}: {e.strerror}") from e
+
+    def _map(self, device: UioDevice, size: int) -> memoryview:
+        """Map UIO map 0 (mmap offset 0) of the device, refusing a map smaller than `size`."""
+        fd = self._open(device)
+        try:
+            available = device.map_size
+            st = os.fstat(fd)
+            if available is None and stat.S_ISREG(st.st_mode):
+                available = st.st_size
+            if available is not None and available < size:
+                raise TransportError(f"{device} is {available} bytes; {size} are required")
+            region = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as e:
+            raise TransportError(f"cannot map {device}: {e.strerror}") from e
+        finally:
+            os.close(fd)
+        self._maps.append(region)
+        return memoryview(region)
+
+    def _enable(self) -> None:
+        """Unmask the IRQ: UIO takes a 4-byte 1 (the VMM drops notifications while masked)."""
+        os.write(self._irq, struct.pack("<I", 1))
+
+    def fileno(self) -> int:
+        return self._irq
+
+    def acknowledge(self) -> None:
+        """Read the event count (so the fd stops polling readable), then unmask the IRQ.
+
+        The caller drains the command queue after this: a notification that came while the IRQ
+        was masked was dropped by the VMM, and only that re-check finds its command.
+        """
+        try:
+            count = os.read(self._irq, 4)
+            if len(count) == 4:
+                log.debug("IRQ event count %d", struct.unpack("<I", count)[0])
+        except BlockingIOError:
+            pass
+        self._enable()
+
+    def notify(self) -> None:
+        """Ring the doorbell: one byte stored (after a full barrier) to fault page offset 0."""
+        self._store_byte(self._doorbell, 1)
+
+    def close(self) -> None:
+        if getattr(self, "_doorbell", None) is not None:
+            self._ffi.release(self._doorbell)
+            self._doorbell = None
+        for name in ("command", "completion", "data", "fault"):
+            view = getattr(self, name, None)
+            if view is not None:
+                view.release()
+        for region in self._maps:
+            region.close()
+        self._maps.clear()
+        if self._irq >= 0:
+            os.close(self._irq)
+            self._irq = -1
