@@ -21,8 +21,9 @@ from vmfs import fsm, uring
 from vmfs.handles import HandleTable
 from vmfs.journal import Journal
 from vmfs.ops import Operations
+from vmfs.shm import Share, SharedIndexWords
 from vmfs.stats import Counters
-from vmfs.uio import Share, SharedIndexWords, Transport
+from vmfs.uio import Transport
 from vmfs.wire import QueueView, Status
 
 log = logging.getLogger("vmfs")

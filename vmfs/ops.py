@@ -18,7 +18,7 @@ from typing import Any
 from vmfs import paths
 from vmfs.handles import HandleTable, OpenDirectory, OpenFile
 from vmfs.paths import RESOLVE, PathRefused, status_of
-from vmfs.uio import Share
+from vmfs.shm import Share
 from vmfs.uring import (
     AT_EMPTY_PATH,
     AT_REMOVEDIR,

@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Protocol
 
 from vmfs import wire
+from vmfs.shm import Share as Share  # re-exported: the transport's view of the data region
+from vmfs.shm import SharedIndexWords as SharedIndexWords
+from vmfs.shm import copy_from_device as copy_from_device
+from vmfs.shm import copy_to_device as copy_to_device
 
 log = logging.getLogger("vmfs.uio")
 
@@ -184,43 +188,6 @@ class LoopbackTransport:
         os.close(self._notify)
 
 
-class SharedIndexWords:
-    """Index words in shared memory: single aligned 64-bit atomic accesses (PROTOCOL.md 2.2)."""
-
-    def __init__(self, region: memoryview) -> None:
-        from vmfs._native import ffi, lib
-
-        self._base = ffi.cast("char *", ffi.from_buffer(region))
-        self._keep = region
-        self._load = lib.vmfs_load_acquire
-        self._store = lib.vmfs_store_release
-
-    def load(self, offset: int) -> int:
-        return self._load(self._base + offset)
-
-    def store(self, offset: int, value: int) -> None:
-        self._store(self._base + offset, value)
-
-
-def copy_from_device(src: memoryview, n: int | None = None) -> bytearray:
-    """Copy device memory into a new private buffer with aligned accesses only."""
-    from vmfs._native import ffi, lib
-
-    n = len(src) if n is None else n
-    out = bytearray(n)
-    if n:
-        lib.vmfs_copy_aligned(ffi.from_buffer(out), ffi.from_buffer(src), n)
-    return out
-
-
-def copy_to_device(dst: memoryview, data: bytes | bytearray | memoryview) -> None:
-    """Copy private bytes into device memory with aligned accesses only."""
-    from vmfs._native import ffi, lib
-
-    if len(data):
-        lib.vmfs_copy_aligned(ffi.from_buffer(dst), ffi.from_buffer(data), len(data))
-
-
 class ClientTransport(Protocol):
     """The client's side of a connection: the same three regions, the opposite signals."""
 
@@ -315,35 +282,6 @@ class LoopbackClientTransport:
             region.close()
         os.close(self._irq)
         os.close(self._notify)
-
-
-class Share:
-    """The data region as the operations use it: copy in once, copy out, or lend to the kernel.
-
-    On ordinary memory (`direct=True`) transfers may go straight between the kernel and the
-    share; on device memory every byte is bounced with aligned copies (PROTOCOL.md 2.7).
-    """
-
-    def __init__(self, view: memoryview, direct: bool) -> None:
-        self.view = view
-        self.size = len(view)
-        self.direct = direct
-
-    def copy_in(self, offset: int, size: int) -> bytes:
-        """The client's bytes at [offset, offset+size), copied out exactly once."""
-        if self.direct:
-            return bytes(self.view[offset : offset + size])
-        return bytes(copy_from_device(self.view[offset : offset + size]))
-
-    def copy_out(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        if self.direct:
-            self.view[offset : offset + len(data)] = data
-        else:
-            copy_to_device(self.view[offset : offset + len(data)], data)
-
-    def window(self, offset: int, size: int) -> memoryview:
-        """A view of the share for the kernel to read or fill (only when `direct`)."""
-        return self.view[offset : offset + size]
 
 
 UIO_SYSFS_ROOT = "/sys/class/uio"
