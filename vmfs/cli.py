@@ -11,16 +11,23 @@ from vmfs import __version__
 
 def _serve(args: argparse.Namespace) -> int:
     from vmfs.driver import Driver, Options
-    from vmfs.uio import LoopbackTransport, TransportError
+    from vmfs.uio import LoopbackTransport, TransportError, UioTransport
 
-    if not args.loopback:
-        print("vmfs serve: give --loopback DIR (real UIO devices: --uio)", file=sys.stderr)
+    if bool(args.loopback) == bool(args.uio):
+        print("vmfs serve: give exactly one of --loopback DIR or --uio", file=sys.stderr)
         return 2
+    if args.uio and args.block_device is None:
+        args.block_device = "/dev/vda"
     if args.root is None and args.block_device is None:
         print("vmfs serve: give --root DIR or --block-device DEV", file=sys.stderr)
         return 2
     try:
-        transport = LoopbackTransport(args.loopback)
+        if args.uio:
+            transport = UioTransport.discover(
+                sysfs_root=args.uio_sysfs, dev_root=args.uio_dev, wait_seconds=args.uio_wait
+            )
+        else:
+            transport = LoopbackTransport(args.loopback)
     except TransportError as e:
         logging.getLogger("vmfs").error("cannot attach: %s", e)
         return 1
@@ -71,9 +78,29 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--loopback", metavar="DIR", help="loopback transport: files and FIFOs in DIR (no VM)"
     )
-    what = serve.add_argument_group("what to serve")
+    where.add_argument(
+        "--uio",
+        action="store_true",
+        help="real UIO devices (vmfs_config, vmfs_command, ...) found by compatible string",
+    )
+    where.add_argument(
+        "--uio-wait",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="with --uio: how long to wait for the devices to appear (default 30)",
+    )
+    where.add_argument("--uio-sysfs", default="/sys/class/uio", help=argparse.SUPPRESS)
+    where.add_argument("--uio-dev", default="/dev", help=argparse.SUPPRESS)
+    what = serve.add_argument_group(
+        "what to serve", "With --uio and no --root, --block-device defaults to /dev/vda."
+    )
     what.add_argument("--root", metavar="DIR", help="serve this directory (directory mode)")
-    what.add_argument("--block-device", metavar="DEV", help="mount DEV on INITIALISE and serve it")
+    what.add_argument(
+        "--block-device",
+        metavar="DEV",
+        help="mount DEV (disk, partition or image file) on INITIALISE",
+    )
     what.add_argument(
         "--mount-point", metavar="DIR", default="/mnt", help="where to mount (default: /mnt)"
     )

@@ -150,18 +150,19 @@ class Driver:
             self.mount_state.deinitialise()
             return Status.SUCCESS
         closed = self.handles.close_all()
+        os.close(self.root_fd)  # our own reference to the root would keep the mount busy
+        self.root_fd = None
         if self.mounter is not None:
             try:
                 self.mounter.unmount()
             except Exception as e:
                 log.warning("DEINITIALISE: unmount failed: %s", e)
+                self._open_root(self.options.mount_point)
                 self.mount_state.unmount_failed()
                 return Status.ERROR
         else:
             os.sync()
             self.journal.initialised = False
-        os.close(self.root_fd)
-        self.root_fd = None
         self.mount_state.deinitialise()
         log.info("deinitialised (%d handles closed)", closed)
         return Status.SUCCESS
