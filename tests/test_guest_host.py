@@ -1,0 +1,66 @@
+"""Host-side pieces of the guest harness that need no VM: layout, DTB fragment, disk, stand-in."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vmfs import wire
+from vmfs.guest import CARVEOUT, RAM_BASE, RAM_SIZE, REGIONS
+from vmfs.guest.qemu import vmfs_nodes
+from vmfs.guest.standin import serve_batch
+
+
+def test_regions_sit_inside_the_carveout_at_the_top_of_ram() -> None:
+    assert CARVEOUT.phys + CARVEOUT.size == RAM_BASE + RAM_SIZE
+    for r in REGIONS.values():
+        assert CARVEOUT.phys <= r.phys and r.phys + r.size <= CARVEOUT.phys + CARVEOUT.size
+    sizes = {name: r.size for name, r in REGIONS.items()}
+    assert sizes == {
+        "vmfs_config": 0x1000,
+        "vmfs_command": 0x8000,
+        "vmfs_completion": 0x8000,
+        "vmfs_fault": 0x1000,
+        "vmfs_data": 0x4000000,
+    }
+
+
+def test_dtb_fragment_has_five_generic_uio_nodes_and_one_interrupt() -> None:
+    text = vmfs_nodes()
+    assert text.count('compatible = "generic-uio"') == 5
+    assert text.count("interrupts = <0x0 100 0x1>") == 1
+    assert "vmfs_command@7bf10000" in text and "no-map" in text
+
+
+@pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("sfdisk", "mkfs.fat", "mcopy")),
+    reason="needs fdisk, dosfstools and mtools",
+)
+def test_fat_image_round_trip(tmp_path: Path) -> None:
+    from vmfs.guest import disk
+
+    img = disk.make_fat_image(tmp_path / "d.img", size_mib=16)
+    assert disk.first_partition(img) == (1 << 20, 15 << 20)
+    assert disk.list_files(img) == []
+    disk.write_file(img, "/a.txt", b"abc")
+    assert disk.list_files(img) == ["/a.txt"]
+    assert disk.read_file(img, "/a.txt") == b"abc"
+
+
+def test_standin_answers_each_command_once_within_free_slots() -> None:
+    commands = wire.QueueView(memoryview(bytearray(wire.QUEUE_REGION_SIZE)))
+    completions = wire.QueueView(memoryview(bytearray(wire.QUEUE_REGION_SIZE)))
+    for i in range(5):
+        commands.push(wire.build_command(1000 + i, 99))
+    completions.publish_tail(wire.QUEUE_CAPACITY - 3)  # only three free completion slots
+    assert serve_batch(commands, completions) == 3
+    assert commands.length() == 2
+    completions.publish_head(wire.QUEUE_CAPACITY)  # the client consumed everything
+    assert serve_batch(commands, completions) == 2
+    first = wire.QUEUE_CAPACITY - 3
+    ids = [
+        wire.COMPLETION_FAST.unpack_from(completions.peek(i))[0] for i in range(first, first + 5)
+    ]
+    assert ids == [1000, 1001, 1002, 1003, 1004]
