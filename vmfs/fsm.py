@@ -80,43 +80,44 @@ MOUNT_TRANSITIONS = [
 ]
 
 
-def request_machine(
-    model: Any = None, machine_class: type[Machine] = Machine, **extra: Any
+MACHINES = {
+    "request": (REQUEST_STATES, REQUEST_TRANSITIONS, "idle"),
+    "driver": (DRIVER_STATES, DRIVER_TRANSITIONS, "starting"),
+    "mount": (MOUNT_STATES, MOUNT_TRANSITIONS, "uninitialised"),
+}
+
+
+def build_machine(
+    name: str, model: Any = None, machine_class: type[Machine] = Machine, **extra: Any
 ) -> Machine:
+    """One of MACHINES as a `transitions` machine (GraphMachine for diagrams)."""
+    states, transitions, initial = MACHINES[name]
     return machine_class(
         model=model,
-        states=REQUEST_STATES,
-        transitions=REQUEST_TRANSITIONS,
-        initial="idle",
+        states=states,
+        transitions=transitions,
+        initial=initial,
         auto_transitions=False,
         **extra,
     )
+
+
+def request_machine(
+    model: Any = None, machine_class: type[Machine] = Machine, **extra: Any
+) -> Machine:
+    return build_machine("request", model, machine_class, **extra)
 
 
 def driver_machine(
     model: Any = None, machine_class: type[Machine] = Machine, **extra: Any
 ) -> Machine:
-    return machine_class(
-        model=model,
-        states=DRIVER_STATES,
-        transitions=DRIVER_TRANSITIONS,
-        initial="starting",
-        auto_transitions=False,
-        **extra,
-    )
+    return build_machine("driver", model, machine_class, **extra)
 
 
 def mount_machine(
     model: Any = None, machine_class: type[Machine] = Machine, **extra: Any
 ) -> Machine:
-    return machine_class(
-        model=model,
-        states=MOUNT_STATES,
-        transitions=MOUNT_TRANSITIONS,
-        initial="uninitialised",
-        auto_transitions=False,
-        **extra,
-    )
+    return build_machine("mount", model, machine_class, **extra)
 
 
 class IllegalTransition(Exception):
