@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from vmfs import __version__
 
@@ -39,6 +40,12 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         driver.close()
         transport.close()
+
+
+def _diagram(args: argparse.Namespace) -> int:
+    from vmfs.diagram import main as diagram_main
+
+    return diagram_main(args.out, args.check)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -103,6 +110,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
     demo.set_defaults(func=_demo)
+
+    diagram = sub.add_parser(
+        "diagram",
+        help="render the state machines into diagrams/ (Mermaid, DOT, SVG) and README.md",
+        description=(
+            "Render the request, driver and mount machines of vmfs/fsm.py as Mermaid, DOT and "
+            "SVG, and refresh the Mermaid blocks embedded in ./README.md. With --check, write "
+            "nothing and exit 1 (naming the file) if a committed diagram is stale."
+        ),
+    )
+    diagram.add_argument("--check", action="store_true", help="compare instead of writing")
+    diagram.add_argument(
+        "--out", type=Path, default=Path("diagrams"), metavar="DIR", help="default: diagrams/"
+    )
+    diagram.set_defaults(func=_diagram)
+
     return parser
 
 
