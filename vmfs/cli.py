@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from vmfs import __version__
+
+if TYPE_CHECKING:
+    from vmfs.trace import Recorder
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -41,11 +46,34 @@ def _serve(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
     )
     driver = Driver(transport, options)
+    recorder = _recorder(driver, args)
     try:
         return driver.serve()
     finally:
+        if recorder is not None:
+            recorder.close()
         driver.close()
         transport.close()
+
+
+def _recorder(driver: Any, args: argparse.Namespace) -> Recorder | None:
+    if not args.record:
+        return None
+    from vmfs.trace import Recorder
+
+    return Recorder.attach(driver, args.record, cap=args.record_cap)
+
+
+def _diagram(args: argparse.Namespace) -> int:
+    from vmfs.diagram import main as diagram_main
+
+    return diagram_main(args.out, args.check)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from vmfs.replay import main as replay_main
+
+    return replay_main(args.trace, args.root, args.timeout)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -117,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where the restart journal lives (default: the loopback DIR, or /run/vmfs)",
     )
+    record = serve.add_argument_group("recording")
+    record.add_argument(
+        "--record", metavar="FILE", help="append every command and completion to a trace FILE"
+    )
+    record.add_argument(
+        "--record-cap",
+        type=int,
+        default=64 * 1024,
+        metavar="BYTES",
+        help="bytes kept per share buffer; longer ones keep size and SHA-256 (default 64 KiB)",
+    )
     serve.set_defaults(func=_serve)
 
     demo = sub.add_parser(
@@ -130,6 +169,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
     demo.set_defaults(func=_demo)
+
+    diagram = sub.add_parser(
+        "diagram",
+        help="render the state machines into diagrams/ (Mermaid, DOT, SVG) and README.md",
+        description=(
+            "Render the request, driver and mount machines of vmfs/fsm.py as Mermaid, DOT and "
+            "SVG, and refresh the Mermaid blocks embedded in ./README.md. With --check, write "
+            "nothing and exit 1 (naming the file) if a committed diagram is stale."
+        ),
+    )
+    diagram.add_argument("--check", action="store_true", help="compare instead of writing")
+    diagram.add_argument(
+        "--out", type=Path, default=Path("diagrams"), metavar="DIR", help="default: diagrams/"
+    )
+    diagram.set_defaults(func=_diagram)
+
+    replay = sub.add_parser(
+        "replay",
+        help="replay a recorded trace against a fresh driver and compare every completion",
+        description=(
+            "Start a driver on a fresh copy of the trace's starting tree (or of --root), feed "
+            "the recorded commands in the recorded batches, and compare each completion with "
+            "the recorded one (handles, inodes, times normalised). Exit 1 on any mismatch."
+        ),
+    )
+    replay.add_argument("trace", metavar="FILE", help="a trace written by `vmfs serve --record`")
+    replay.add_argument("--root", metavar="DIR", help="start from a copy of DIR instead")
+    replay.add_argument(
+        "--timeout", type=float, default=10.0, metavar="S", help="per-batch wait (default 10)"
+    )
+    replay.set_defaults(func=_replay)
     return parser
 
 

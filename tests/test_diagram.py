@@ -1,0 +1,103 @@
+"""The committed diagrams are what the machines generate, and a changed machine is caught."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vmfs import diagram, fsm
+
+REPO = Path(__file__).resolve().parent.parent
+COMMITTED = REPO / "diagrams"
+MACHINES = {
+    "request": (fsm.REQUEST_STATES, fsm.REQUEST_TRANSITIONS),
+    "driver": (fsm.DRIVER_STATES, fsm.DRIVER_TRANSITIONS),
+    "mount": (fsm.MOUNT_STATES, fsm.MOUNT_TRANSITIONS),
+}
+
+
+def test_committed_diagrams_match_the_machines() -> None:
+    assert diagram.check(COMMITTED) == []
+
+
+def test_check_command_passes_on_the_repository() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "vmfs", "diagram", "--check"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+
+
+def test_an_altered_machine_fails_the_check(monkeypatch, capsys) -> None:
+    extra = {"trigger": "cancel", "source": "barrier_wait", "dest": "idle"}
+    monkeypatch.setattr(fsm, "REQUEST_TRANSITIONS", [*fsm.REQUEST_TRANSITIONS, extra])
+    problems = diagram.check(COMMITTED)
+    assert any("request.mmd" in p for p in problems)
+    assert any("request.dot" in p for p in problems)
+    assert not any("driver" in p or "mount" in p for p in problems)
+    assert diagram.main(COMMITTED, check_only=True) == 1
+    assert "request.mmd" in capsys.readouterr().err
+
+
+def test_a_missing_state_fails_the_check(monkeypatch) -> None:
+    monkeypatch.setattr(fsm, "MOUNT_STATES", [*fsm.MOUNT_STATES, "unmounting"])
+    assert any("mount.mmd" in p for p in diagram.check(COMMITTED))
+
+
+@pytest.mark.parametrize("name", sorted(MACHINES))
+def test_every_state_and_trigger_is_drawn(name: str) -> None:
+    states, transitions = MACHINES[name]
+    text = (COMMITTED / f"{name}.mmd").read_text()
+    for state in states:
+        assert f'state "{state}" as {state}' in text
+    for t in transitions:
+        sources = t["source"] if isinstance(t["source"], list) else [t["source"]]
+        for source in sources:
+            edge = next(
+                line
+                for line in text.splitlines()
+                if line.strip().startswith(f"{source} --> {t['dest']}:")
+            )
+            assert t["trigger"] in edge.split(":", 1)[1].replace(" ", "").split("|")
+
+
+def test_generation_is_deterministic_and_writes_svg(tmp_path: Path) -> None:
+    first = diagram.write(tmp_path / "a")
+    second = diagram.write(tmp_path / "b")
+    assert [p.name for p in first] == [p.name for p in second]
+    for path in first:
+        if path.suffix != ".svg":
+            assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes()
+    assert b"<svg" in (tmp_path / "a" / "request.svg").read_bytes()
+    assert diagram.check(tmp_path / "a") == []
+
+
+def test_readme_explains_every_state_and_trigger() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## State diagrams", 1)[1].split("\n## ", 1)[0]
+    for states, transitions in MACHINES.values():
+        for name in [*states, *(t["trigger"] for t in transitions)]:
+            assert f"`{name}`" in section, name
+
+
+def test_readme_embeds_the_generated_mermaid() -> None:
+    readme = (REPO / "README.md").read_text()
+    for name in MACHINES:
+        assert f"<!-- diagram:{name} -->\n```mermaid\n" in readme
+    assert diagram.embedded(readme) == readme
+
+
+def test_readme_embedding_is_refreshed(tmp_path: Path) -> None:
+    stale = "intro\n<!-- diagram:mount -->\nold drawing\n<!-- /diagram -->\nend\n"
+    fresh = diagram.embedded(stale)
+    assert fresh.startswith("intro\n<!-- diagram:mount -->\n```mermaid\n")
+    assert "old drawing" not in fresh
+    assert (COMMITTED / "mount.mmd").read_text() in fresh
+    readme = tmp_path / "README.md"
+    readme.write_text(stale)
+    assert diagram.main(COMMITTED, check_only=True, readme=readme) == 1

@@ -1,0 +1,282 @@
+"""Recording and replaying command streams: the corpus replays, and replay catches regressions."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmfs.client import UNIT, LoopbackServer
+from vmfs.replay import Replay
+from vmfs.trace import read_trace
+from vmfs.wire import Command, OpenFlags, build_command
+
+TRACES = Path(__file__).resolve().parent / "traces"
+CORPUS = sorted(TRACES.glob("*.trace"))
+
+
+def replay(path: Path, root: Path | None = None) -> tuple[int, str]:
+    lines: list[str] = []
+    code = Replay(path, root, timeout=10.0, report=lines.append).run()
+    return code, "\n".join(lines)
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def save(records: list[dict[str, Any]], path: Path) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def commands_of(records: list[dict[str, Any]], cmd: Command) -> list[dict[str, Any]]:
+    return [r for r in records if r.get("t") == "c" and r["c"] == cmd]
+
+
+def completion_of(records: list[dict[str, Any]], command: dict[str, Any]) -> dict[str, Any]:
+    return next(r for r in records if r.get("t") == "r" and r["i"] == command["i"])
+
+
+# -- the corpus ---------------------------------------------------------------------------------
+
+
+def test_corpus_has_the_four_sessions() -> None:
+    assert {p.stem for p in CORPUS} >= {"micropython", "posix", "pipelined", "errors"}
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
+def test_corpus_trace_replays(path: Path) -> None:
+    root = path.with_suffix(".root")
+    code, report = replay(path, root if root.is_dir() else None)
+    sessions = read_trace(path)
+    total = sum(len(s.commands) for s in sessions)
+    assert code == 0, report
+    assert f"{total} matched, 0 mismatched" in report
+
+
+def test_pipelined_trace_holds_bursts_with_distinct_ids() -> None:
+    session = read_trace(TRACES / "pipelined.trace")[0]
+    biggest = max(session.batches(), key=len)
+    assert len(biggest) >= 20
+    assert len({c["id"] for c in biggest}) == len(biggest)
+
+
+def test_replay_command_line() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "vmfs", "replay", str(TRACES / "errors.trace")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "0 mismatched" in run.stdout
+
+
+# -- replay catches regressions ----------------------------------------------------------------
+
+
+def test_an_edited_completion_fails_field_by_field(tmp_path: Path) -> None:
+    records = load(TRACES / "micropython.trace")
+    size = commands_of(records, Command.FILE_SIZE)[0]
+    completion_of(records, size)["d"] += 1
+    missing = next(
+        c for c in commands_of(records, Command.STAT) if completion_of(records, c)["s"] != 0
+    )
+    completion_of(records, missing)["s"] = 0
+    code, report = replay(save(records, tmp_path / "edited.trace"))
+    assert code == 1
+    assert "2 mismatched" in report
+    assert f"command #{size['i']} id 0: FILE_SIZE fd=" in report
+    assert "field" in report and "expected" in report and "actual" in report
+    data_row = next(line for line in report.splitlines() if line.strip().startswith("data"))
+    want = completion_of(records, size)["d"]
+    assert data_row.split() == ["data", str(want), str(want - 1)]
+    status_row = next(line for line in report.splitlines() if line.strip().startswith("status"))
+    assert status_row.split() == ["status", "SUCCESS", "NO_FILE"]
+
+
+def test_an_altered_driver_fails_the_replay(tmp_path: Path, monkeypatch) -> None:
+    """A driver whose errno mapping regressed (ENOENT -> ERROR) is caught by the corpus."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import errno\nimport vmfs.paths\nfrom vmfs.wire import Status\n"
+        "vmfs.paths._BASE[errno.ENOENT] = Status.ERROR\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    code, report = replay(TRACES / "errors.trace")
+    assert code == 1
+    assert "FILE_OPEN path.offset=0 path.size=8 flags=0 in@0=b'nope.txt'" in report
+    status_row = next(line for line in report.splitlines() if line.strip().startswith("status"))
+    assert status_row.split() == ["status", "NO_FILE", "ERROR"]
+
+
+# -- normalisation -----------------------------------------------------------------------------
+
+
+def test_recorded_handle_numbers_are_mapped(tmp_path: Path) -> None:
+    """Renumber every handle in the recording: replay maps them and still matches."""
+    records = load(TRACES / "posix.trace")
+    issued = {completion_of(records, c)["d"] for c in commands_of(records, Command.FILE_OPEN)}
+    renumber = {h: 1_000_000 + k for k, h in enumerate(sorted(issued))}
+    for r in records:
+        if r.get("t") == "c" and r["c"] in (Command.FILE_CLOSE, Command.FILE_READ,
+                                            Command.FILE_WRITE, Command.FILE_SIZE,
+                                            Command.FILE_TRUNCATE):  # fmt: skip
+            r["w"][0] = renumber.get(r["w"][0], r["w"][0])
+        if r.get("t") == "r" and r["d"] in renumber:
+            opened = next(c for c in records if c.get("t") == "c" and c["i"] == r["i"])
+            if opened["c"] == Command.FILE_OPEN:
+                r["d"] = renumber[r["d"]]
+    code, report = replay(save(records, tmp_path / "renumbered.trace"))
+    assert code == 0, report
+
+
+def _stat_out(records: list[dict[str, Any]]) -> dict[str, Any]:
+    stat = next(
+        c for c in commands_of(records, Command.STAT) if completion_of(records, c)["s"] == 0
+    )
+    return completion_of(records, stat)
+
+
+def _patch_stat(done: dict[str, Any], field: int, value: int) -> None:
+    record = bytearray(base64.b64decode(done["out"][1]))
+    struct.pack_into("<Q", record, field * 8, value)
+    done["out"][1] = base64.b64encode(bytes(record)).decode()
+
+
+def test_stat_inode_and_times_are_ignored_but_mode_is_not(tmp_path: Path) -> None:
+    records = load(TRACES / "micropython.trace")
+    done = _stat_out(records)
+    for field in (0, 1, 10, 11, 12, 13):  # dev, ino, atime, mtime, ctime, atime_nsec
+        _patch_stat(done, field, 123456789)
+    code, report = replay(save(records, tmp_path / "times.trace"))
+    assert code == 0, report
+    _patch_stat(done, 2, 0o100600)  # mode
+    code, report = replay(save(records, tmp_path / "mode.trace"))
+    assert code == 1
+    assert "stat.mode" in report and "0o100600" in report
+
+
+def test_listing_order_is_ignored_but_names_are_not(tmp_path: Path) -> None:
+    records = load(TRACES / "micropython.trace")
+    opened = commands_of(records, Command.DIR_OPEN)[0]
+    handle = completion_of(records, opened)["d"]
+    reads = [c for c in commands_of(records, Command.DIR_READ) if c["w"][0] == handle]
+    outs = [completion_of(records, c) for c in reads if completion_of(records, c)["s"] == 0]
+    assert len(outs) >= 2
+    blobs = [(o["out"][1], o["d"]) for o in outs]
+    for o, (blob, length) in zip(outs, reversed(blobs), strict=True):
+        o["out"][1], o["d"] = blob, length
+    code, report = replay(save(records, tmp_path / "reordered.trace"))
+    assert code == 0, report
+    outs[0]["out"][1] = base64.b64encode(b"renamed.py\0").decode()
+    code, report = replay(save(records, tmp_path / "renamed.trace"))
+    assert code == 1
+    assert "names (as a set)" in report and "renamed.py" in report
+
+
+# -- recording ---------------------------------------------------------------------------------
+
+
+def test_record_cap_keeps_size_and_digest(tmp_path: Path) -> None:
+    trace = tmp_path / "capped.trace"
+    payload = bytes(range(256)) * 20
+    with LoopbackServer(
+        root=tmp_path / "root", extra_args=["--record", str(trace), "--record-cap", "1024"]
+    ) as server:
+        c = server.client
+        assert c.initialise().ok
+        handle = c.open("big.bin", OpenFlags.READ_WRITE | OpenFlags.CREATE).data
+        assert c.write(handle, 0, payload).data == len(payload)
+        done, data = c.read(handle, 0, len(payload))
+        assert done.ok and data == payload
+    session = read_trace(trace)[0]
+    write = next(r for r in session.commands if r["c"] == Command.FILE_WRITE)
+    blob = write["in"][0]
+    assert blob[2] == len(payload)
+    assert blob[3] == hashlib.sha256(payload).hexdigest()
+    assert base64.b64decode(blob[1]) == payload[:1024]
+    read = next(r for r in session.commands if r["c"] == Command.FILE_READ)
+    out = session.completions[read["i"]]["out"]
+    assert out[2:] == [len(payload), hashlib.sha256(payload).hexdigest()]
+    code, report = replay(trace)  # only the write's head can be sent: the read must differ
+    assert code == 1
+    assert "1 inputs cut at the recording cap" in report
+    assert f"{len(payload)} bytes sha256 {hashlib.sha256(payload).hexdigest()[:16]}" in report
+
+
+def test_batches_follow_the_driver_pumps(tmp_path: Path) -> None:
+    trace = tmp_path / "batches.trace"
+    with LoopbackServer(root=tmp_path / "root", extra_args=["--record", str(trace)]) as server:
+        c = server.client
+        assert c.initialise().ok
+        tail = c.cmdq.tail
+        for k in range(5):
+            c.cmdq.write_slot(tail + k, build_command(100 + k, Command.DIR_TELL, b""))
+        c.cmdq.publish_tail(tail + 5)
+        c.signal()
+        for k in range(5):
+            c.wait(100 + k)
+        assert c.telldir(7).status != 0
+        share_size = len(c.share)
+    session = read_trace(trace)[0]
+    sizes = [[r["id"] for r in batch] for batch in session.batches()]
+    assert sizes[1] == [100, 101, 102, 103, 104]
+    assert len(sizes) == 3 and len(sizes[2]) == 1
+    assert [entry[:2] for entry in session.header["tree"]] == [["d", ""]]
+    assert session.header["share_size"] == share_size
+
+
+def test_replay_without_a_tree_needs_a_root(tmp_path: Path) -> None:
+    records = load(TRACES / "errors.trace")
+    records[0]["tree"] = None
+    trace = save(records, tmp_path / "no-tree.trace")
+    code, report = replay(trace)
+    assert code == 2 and "--root" in report
+    root = tmp_path / "root"
+    (root / "dir").mkdir(parents=True)
+    (root / "file.txt").write_bytes(b"contents\n")
+    (root / "dir" / "inner.txt").write_bytes(b"inner\n")
+    code, report = replay(trace, root)
+    assert code == 0, report
+
+
+def test_share_offsets_are_kept(tmp_path: Path) -> None:
+    """Inputs are laid where the client put them (posix writes at share unit 2)."""
+    session = read_trace(TRACES / "posix.trace")[0]
+    writes = [r for r in session.commands if r["c"] == Command.FILE_WRITE]
+    assert writes and all(r["in"][0][0] == 2 * UNIT == r["w"][2] for r in writes)
+
+
+def test_readme_lists_the_corpus_with_its_command_counts() -> None:
+    readme = (TRACES.parent.parent / "README.md").read_text()
+    for path in CORPUS:
+        count = sum(len(s.commands) for s in read_trace(path))
+        assert f"| `{path.name}` | {count} |" in readme
+
+
+def test_a_restarted_driver_appends_a_session_that_replays(tmp_path: Path) -> None:
+    trace = tmp_path / "two.trace"
+    with LoopbackServer(root=tmp_path / "root", extra_args=["--record", str(trace)]) as server:
+        c = server.client
+        assert c.initialise().ok
+        handle = c.open("kept.txt", OpenFlags.WRITE_ONLY | OpenFlags.CREATE).data
+        assert c.write(handle, 0, b"across restarts").ok
+        assert server.stop() == 0
+        server.start()
+        assert c.size(handle).status != 0  # handles do not survive the restart
+        assert c.initialise().ok
+        handle = c.open("kept.txt", OpenFlags.READ_ONLY).data
+        assert c.read(handle, 0, 100)[1] == b"across restarts"
+    sessions = read_trace(trace)
+    assert len(sessions) == 2
+    assert [entry[1] for entry in sessions[1].header["tree"]] == ["", "kept.txt"]
+    code, report = replay(trace)
+    assert code == 0, report
+    assert "2 session(s)" in report
