@@ -35,7 +35,8 @@ def test_check_command_passes_on_the_repository() -> None:
 
 def test_an_altered_machine_fails_the_check(monkeypatch, capsys) -> None:
     extra = {"trigger": "cancel", "source": "barrier_wait", "dest": "idle"}
-    monkeypatch.setattr(fsm, "REQUEST_TRANSITIONS", [*fsm.REQUEST_TRANSITIONS, extra])
+    states, transitions, initial = fsm.MACHINES["request"]
+    monkeypatch.setitem(fsm.MACHINES, "request", (states, [*transitions, extra], initial))
     problems = diagram.check(COMMITTED)
     assert any("request.mmd" in p for p in problems)
     assert any("request.dot" in p for p in problems)
@@ -45,7 +46,8 @@ def test_an_altered_machine_fails_the_check(monkeypatch, capsys) -> None:
 
 
 def test_a_missing_state_fails_the_check(monkeypatch) -> None:
-    monkeypatch.setattr(fsm, "MOUNT_STATES", [*fsm.MOUNT_STATES, "unmounting"])
+    states, transitions, initial = fsm.MACHINES["mount"]
+    monkeypatch.setitem(fsm.MACHINES, "mount", ([*states, "unmounting"], transitions, initial))
     assert any("mount.mmd" in p for p in diagram.check(COMMITTED))
 
 

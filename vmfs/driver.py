@@ -108,7 +108,7 @@ class Driver:
         directory = getattr(self.transport, "directory", None)
         if directory:
             st = os.stat(Path(directory) / "vmfs_command")
-            parts.append(f"{st.st_dev}:{st.st_ino}:{st.st_ctime_ns}".encode())
+            parts.append(f"{st.st_dev}:{st.st_ino}".encode())  # writes change ctime: not it
         try:
             parts.append(Path("/proc/sys/kernel/random/boot_id").read_bytes())
         except OSError:

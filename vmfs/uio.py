@@ -227,6 +227,7 @@ def create_loopback_dir(
         ("vmfs_data", sizes.data),
         ("vmfs_fault", sizes.fault),
     ):
+        (path / name).unlink(missing_ok=True)  # a new queue gets a new inode: a new journal
         with open(path / name, "wb") as f:
             f.truncate(size)
     for fifo in ("vmfs_irq", "vmfs_notify"):
