@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,15 @@ pytestmark = [
     pytest.mark.skipif(not os.path.exists("/dev/loop-control"), reason="no loop devices"),
     pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="mkfs.ext4 missing"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def no_mount_left_behind(tmp_path: Path) -> Iterator[None]:
+    """A failing test must not leave its image mounted under the test's temporary folder."""
+    yield
+    target = os.path.realpath(tmp_path / "mnt")
+    while is_mount_point(Path(target)):
+        subprocess.run(["umount", "-l", target], check=False)
 
 
 def is_mount_point(path: Path) -> bool:
