@@ -18,8 +18,8 @@ from vmfs.guest.session import (
 from vmfs.guest.vmm import DRIVER_REAL, DRIVER_STANDIN, Vmm
 from vmfs.wire import Command
 
-# The driver the demo boots: switch to DRIVER_REAL once `vmfs serve --uio` exists.
-DEMO_DRIVER = DRIVER_STANDIN
+# The driver the demo boots: the real one, started by fs_driver_init from the guest's init.
+DEMO_DRIVER = DRIVER_REAL
 
 
 def check_disk(image: Path, real: bool) -> None:
