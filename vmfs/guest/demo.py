@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from vmfs.guest import disk
-from vmfs.guest.build import DEFAULT_CACHE, build
+from vmfs.guest.build import build
 from vmfs.guest.session import (
     EXPECTED_FILES,
     EXPECTED_LISTING,
@@ -38,7 +38,7 @@ def check_disk(image: Path, real: bool) -> None:
     print(f"disk contents verified with mtools ({len(EXPECTED_FILES)} files)")
 
 
-def demo(driver: str = DEMO_DRIVER, cache: Path = DEFAULT_CACHE, keep: bool = False) -> int:
+def demo(driver: str = DEMO_DRIVER, cache: Path | None = None, keep: bool = False) -> int:
     real = driver != DRIVER_STANDIN
     t0 = time.monotonic()
     image = build(cache)
