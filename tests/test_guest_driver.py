@@ -106,12 +106,14 @@ def test_killed_driver_is_restarted_and_queued_commands_answered_once(guest: Gue
     counts = {i: len(c.answers.get(i, [])) for i in ids}
     assert [i for i, n in counts.items() if n != 1] == []
     assert len(c.answers) == before + len(ids), "completions for ids nobody sent"
-    # Commands the killed driver had started (one batch in flight) are answered ERROR by the
-    # restarted one rather than run twice; everything queued around them succeeds.
+    # Commands the killed driver had already taken (one batch handed to io_uring, as many as
+    # were queued when it pumped) are answered ERROR by the restarted one rather than run twice.
+    # Commands queued after the kill was done were never started and must all succeed.
     failed = [i for i, r in zip(ids, results, strict=True) if r.status != Status.SUCCESS]
     assert {r.status for r in results if r.status != Status.SUCCESS} <= {Status.ERROR}
-    assert failed == list(range(failed[0], failed[0] + len(failed))) if failed else True, failed
-    assert len(failed) < len(ids) // 2, failed
+    if failed:
+        assert failed == list(range(failed[0], failed[0] + len(failed))), failed
+    assert all(r.status == Status.SUCCESS for r in results[-100:])
     log = guest.vmm.command_log()
     assert log.count("fs_driver_init: started driver") == 2, log[-3000:]
     assert "was killed by signal 9; restarting" in log
