@@ -64,3 +64,21 @@ def test_standin_answers_each_command_once_within_free_slots() -> None:
         wire.COMPLETION_FAST.unpack_from(completions.peek(i))[0] for i in range(first, first + 5)
     ]
     assert ids == [1000, 1001, 1002, 1003, 1004]
+
+
+def test_guest_cache_is_per_machine_unless_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmfs.guest import default_cache
+
+    monkeypatch.delenv("VMFS_GUEST_CACHE", raising=False)
+    assert default_cache() == Path("/var/cache/vmfs/guest")
+    monkeypatch.setenv("VMFS_GUEST_CACHE", "/tmp/elsewhere")
+    assert default_cache() == Path("/tmp/elsewhere")
+
+
+def test_vmfs_guest_subcommand_delegates_to_the_harness() -> None:
+    from vmfs.cli import build_parser
+    from vmfs.guest.__main__ import run_action
+
+    args = build_parser().parse_args(["guest", "--cache", "/x", "demo", "--driver", "standin"])
+    assert (args.action, args.driver, args.cache) == ("demo", "standin", Path("/x"))
+    assert args.func.__name__ == "_guest" and callable(run_action)

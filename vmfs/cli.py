@@ -1,4 +1,4 @@
-"""The `vmfs` command line: serve, demo, and the tools around them."""
+"""The `vmfs` command line: serve, demo, guest, and the tools around them."""
 
 from __future__ import annotations
 
@@ -80,6 +80,25 @@ def _demo(args: argparse.Namespace) -> int:
     from vmfs.demo import run_demo
 
     return run_demo(verbose=not args.quiet)
+
+
+def _guest(args: argparse.Namespace) -> int:
+    from vmfs.guest.__main__ import run_action
+
+    return run_action(args)
+
+
+def _add_guest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`vmfs guest`: host-side only; importing it costs nothing inside the guest."""
+    from vmfs.guest.__main__ import DESCRIPTION, add_arguments
+
+    guest = sub.add_parser(
+        "guest",
+        help="build/boot an arm64 Linux guest running vmfs, driven from the host",
+        description=DESCRIPTION,
+    )
+    add_arguments(guest)
+    guest.set_defaults(func=_guest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=10.0, metavar="S", help="per-batch wait (default 10)"
     )
     replay.set_defaults(func=_replay)
+
+    _add_guest(sub)
     return parser
 
 

@@ -11,6 +11,19 @@ Host-only modules (build, vmm, disk, session) are imported lazily by `__main__`;
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+CACHE_ENV = "VMFS_GUEST_CACHE"
+MACHINE_CACHE = "/var/cache/vmfs/guest"
+
+
+def default_cache() -> Path:
+    """Where the guest image is built: $VMFS_GUEST_CACHE, else one directory per machine, so
+    every checkout and CI run on the machine reuses one build (a fresh machine builds)."""
+    return Path(os.environ.get(CACHE_ENV) or MACHINE_CACHE)
+
+
 RAM_BASE = 0x40000000
 RAM_SIZE = 1024 * 1024 * 1024
 

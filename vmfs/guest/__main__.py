@@ -1,4 +1,4 @@
-"""`python -m vmfs.guest {build,demo,run}`: the arm64 guest harness from the command line."""
+"""`python -m vmfs.guest {build,demo,run}` (also `vmfs guest ...`): the arm64 guest harness."""
 
 from __future__ import annotations
 
@@ -7,26 +7,60 @@ import logging
 import sys
 from pathlib import Path
 
-from vmfs.guest.build import DEFAULT_CACHE
+from vmfs.guest import CACHE_ENV, MACHINE_CACHE
+
+DESCRIPTION = (
+    "Build and boot a real arm64 Linux guest (QEMU virt under TCG) whose vmfs_* UIO devices "
+    "come from device-tree nodes, as on LionsOS; the host is the VMM and the client. The build "
+    "cache is VMFS_GUEST_CACHE (default /var/cache/vmfs/guest), shared by every checkout on "
+    "the machine. See docs/guest.md."
+)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vmfs.guest", description=__doc__)
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="build cache directory")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("build", help="build the guest image (cached, idempotent)")
-    demo = sub.add_parser("demo", help="build, boot, run a client session, check the disk")
-    demo.add_argument("--driver", choices=("standin", "real"), help="default: demo.DEMO_DRIVER")
-    demo.add_argument("--keep", action="store_true", help="keep the run directory")
-    run = sub.add_parser("run", help="boot and run one shell command in the guest")
-    run.add_argument("script", help="shell command run by the guest's init")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The guest actions, shared by `python -m vmfs.guest` and `vmfs guest`."""
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        help=f"build cache directory (default: ${CACHE_ENV}, else {MACHINE_CACHE})",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every build step")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub.add_parser(
+        "build",
+        help="build the guest image (cached, idempotent)",
+        description="Install the Debian tools needed, then build whatever the cache lacks: "
+        "arm64 kernel and rootfs, uio_pdrv_genirq, initramfs, vmfs's arm64 extension.",
+    )
+    demo = sub.add_parser(
+        "demo",
+        help="build, boot, run a client session from the host, check the disk",
+        description="Boot the guest with a FAT disk as /dev/vda; its init starts fs_driver_init, "
+        "which runs `vmfs serve --uio`. The host queues INITIALISE before boot, runs mkdir, "
+        "write, list, read back, rename, remove and a 1 MiB file, DEINITIALISE, powers the "
+        "guest off and checks the image with mtools. Exits 0 when everything matched.",
+    )
+    demo.add_argument(
+        "--driver",
+        choices=("real", "standin"),
+        help="real: fs_driver_init + vmfs serve (default); standin: the echo driver",
+    )
+    demo.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
+    run = sub.add_parser(
+        "run",
+        help="boot and run one shell command in the guest",
+        description="Boot the guest, run SCRIPT with sh inside it, print its output, power off.",
+    )
+    run.add_argument("script", help="shell command to run in the guest")
     run.add_argument("--disk", type=Path, help="FAT image attached as /dev/vda")
-    args = parser.parse_args(argv)
+
+
+def run_action(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(name)s: %(message)s"
     )
-
+    if args.verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
     if args.action == "build":
         from vmfs.guest.build import build
 
@@ -48,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         status, output = vmm.exec(args.script, timeout=600)
         sys.stdout.write(output)
         return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vmfs.guest", description=DESCRIPTION)
+    add_arguments(parser)
+    return run_action(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Build (once, then from cache) everything the arm64 guest needs, from Debian packages.
 
-Every step writes its output under `<repo>/.cache/guest/` and a stamp naming the inputs it was
+Every step writes its output under the cache directory (env VMFS_GUEST_CACHE, default
+/var/cache/vmfs/guest: one per machine, so every checkout and CI run on it shares one build; a
+fresh machine builds from scratch) and a stamp naming the inputs it was
 made from, so a second run does nothing and a changed input (kernel ABI, the cffi source) rebuilds
 only the step that depends on it. Nothing is installed into the host system except the Debian
 tools listed in HOST_PACKAGES; arm64 packages are downloaded and extracted, never installed.
@@ -22,10 +24,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from vmfs.guest import default_cache
+
 log = logging.getLogger("vmfs.guest.build")
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_CACHE = REPO / ".cache" / "guest"
+DEFAULT_CACHE = default_cache()
 MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
 
@@ -362,8 +366,9 @@ def build_native(cache: Path, rootfs: Path) -> Path:
         return out
 
 
-def build(cache: Path = DEFAULT_CACHE, install_packages: bool = True) -> GuestImage:
+def build(cache: Path | None = None, install_packages: bool = True) -> GuestImage:
     """Build whatever is missing and return the image description; cheap when cached."""
+    cache = cache or default_cache()
     started = time.monotonic()
     cache.mkdir(parents=True, exist_ok=True)
     if install_packages:

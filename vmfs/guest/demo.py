@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from vmfs.guest import disk
-from vmfs.guest.build import DEFAULT_CACHE, build
+from vmfs.guest.build import build
 from vmfs.guest.session import (
     EXPECTED_FILES,
     EXPECTED_LISTING,
@@ -18,8 +18,8 @@ from vmfs.guest.session import (
 from vmfs.guest.vmm import DRIVER_REAL, DRIVER_STANDIN, Vmm
 from vmfs.wire import Command
 
-# The driver the demo boots: switch to DRIVER_REAL once `vmfs serve --uio` exists.
-DEMO_DRIVER = DRIVER_STANDIN
+# The driver the demo boots: the real one, started by fs_driver_init from the guest's init.
+DEMO_DRIVER = DRIVER_REAL
 
 
 def check_disk(image: Path, real: bool) -> None:
@@ -38,7 +38,7 @@ def check_disk(image: Path, real: bool) -> None:
     print(f"disk contents verified with mtools ({len(EXPECTED_FILES)} files)")
 
 
-def demo(driver: str = DEMO_DRIVER, cache: Path = DEFAULT_CACHE, keep: bool = False) -> int:
+def demo(driver: str = DEMO_DRIVER, cache: Path | None = None, keep: bool = False) -> int:
     real = driver != DRIVER_STANDIN
     t0 = time.monotonic()
     image = build(cache)
