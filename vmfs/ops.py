@@ -256,6 +256,8 @@ class Operations:
         if position >= MAX_FILE_OFFSET:
             req.finish(Status.ERROR)
             return
+        # No file extends past Linux's largest offset: that far is end of file, not an error.
+        buf_size = min(buf_size, MAX_FILE_OFFSET - 1 - position)
         direct = self.share.direct
         target = self.share.window(buf_off, buf_size) if direct else bytearray(buf_size)
         view = memoryview(target)
