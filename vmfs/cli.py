@@ -32,6 +32,8 @@ def _serve(args: argparse.Namespace) -> int:
         use_uring=not args.no_uring,
         handle_limit=args.handles,
         state_dir=args.state_dir,
+        fast_path=not args.no_fast_path,
+        bounce=args.bounce,
     )
     driver = Driver(transport, options)
     try:
@@ -81,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     how = serve.add_argument_group("how")
     how.add_argument(
         "--no-uring", action="store_true", help="perform every call synchronously, no io_uring"
+    )
+    how.add_argument(
+        "--no-fast-path",
+        action="store_true",
+        help="run every command through the ordinary path (for comparison and tests)",
+    )
+    how.add_argument(
+        "--bounce",
+        action="store_true",
+        help="copy file data through private buffers as on real UIO device memory",
     )
     how.add_argument(
         "--handles", type=int, default=1024, metavar="N", help="open handle limit (default 1024)"
