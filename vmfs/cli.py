@@ -49,6 +49,14 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(verbose=not args.quiet)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from vmfs.bench import main as bench_main
+
+    args.file_size = args.file_mib << 20
+    args.targets = [t.strip() for t in args.targets.split(",")]
+    return bench_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmfs",
@@ -115,6 +123,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
     demo.set_defaults(func=_demo)
+
+    bench = sub.add_parser(
+        "bench",
+        help="throughput and latency of vmfs serve beside in-process baselines",
+        description=(
+            "Run each workload against `vmfs serve` over the loopback transport and, in the same "
+            "run, against the baselines: the same work in-process (sync: plain calls; uring: "
+            "io_uring batches) and the driver with io_uring off. Reports ops/s, MiB/s, latency "
+            "percentiles and the driver's CPU time per op, with ratios to the limit."
+        ),
+    )
+    bench.add_argument("--seconds", type=float, default=2.0, help="measured time per run (2)")
+    bench.add_argument("--ops", type=int, default=0, help="measure this many ops instead")
+    bench.add_argument(
+        "--workloads", nargs="*", default=[], metavar="NAME", help="only names containing these"
+    )
+    bench.add_argument(
+        "--targets",
+        default="vmfs,bounce,no-uring,sync,uring",
+        help="comma list of vmfs, bounce, no-uring, sync, uring (default: all)",
+    )
+    bench.add_argument("--pin", type=int, metavar="CPU", help="run client and driver on this CPU")
+    bench.add_argument("--root", metavar="DIR", help="served directory (default: a tmpfs dir)")
+    bench.add_argument("--file-mib", type=int, default=32, help="size of the read file (32)")
+    bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    bench.add_argument("--progress", action="store_true", help="progress line even if not a tty")
+    bench.set_defaults(func=_bench)
     return parser
 
 
