@@ -44,6 +44,8 @@ def _serve(args: argparse.Namespace) -> int:
         use_uring=not args.no_uring,
         handle_limit=args.handles,
         state_dir=args.state_dir,
+        fast_path=not args.no_fast_path,
+        bounce=args.bounce,
     )
     driver = Driver(transport, options)
     recorder = _recorder(driver, args)
@@ -101,6 +103,14 @@ def _add_guest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     guest.set_defaults(func=_guest)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from vmfs.bench import main as bench_main
+
+    args.file_size = args.file_mib << 20
+    args.targets = [t.strip() for t in args.targets.split(",")]
+    return bench_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmfs",
@@ -155,6 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
     how = serve.add_argument_group("how")
     how.add_argument(
         "--no-uring", action="store_true", help="perform every call synchronously, no io_uring"
+    )
+    how.add_argument(
+        "--no-fast-path",
+        action="store_true",
+        help="run every command through the ordinary path (for comparison and tests)",
+    )
+    how.add_argument(
+        "--bounce",
+        action="store_true",
+        help="copy file data through private buffers as on real UIO device memory",
     )
     how.add_argument(
         "--handles", type=int, default=1024, metavar="N", help="open handle limit (default 1024)"
@@ -221,6 +241,32 @@ def build_parser() -> argparse.ArgumentParser:
     replay.set_defaults(func=_replay)
 
     _add_guest(sub)
+    bench = sub.add_parser(
+        "bench",
+        help="throughput and latency of vmfs serve beside in-process baselines",
+        description=(
+            "Run each workload against `vmfs serve` over the loopback transport and, in the same "
+            "run, against the baselines: the same work in-process (sync: plain calls; uring: "
+            "io_uring batches) and the driver with io_uring off. Reports ops/s, MiB/s, latency "
+            "percentiles and the driver's CPU time per op, with ratios to the limit."
+        ),
+    )
+    bench.add_argument("--seconds", type=float, default=2.0, help="measured time per run (2)")
+    bench.add_argument("--ops", type=int, default=0, help="measure this many ops instead")
+    bench.add_argument(
+        "--workloads", nargs="*", default=[], metavar="NAME", help="only names containing these"
+    )
+    bench.add_argument(
+        "--targets",
+        default="vmfs,bounce,no-uring,sync,uring",
+        help="comma list of vmfs, bounce, no-uring, sync, uring (default: all)",
+    )
+    bench.add_argument("--pin", type=int, metavar="CPU", help="run client and driver on this CPU")
+    bench.add_argument("--root", metavar="DIR", help="served directory (default: a tmpfs dir)")
+    bench.add_argument("--file-mib", type=int, default=32, help="size of the read file (32)")
+    bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    bench.add_argument("--progress", action="store_true", help="progress line even if not a tty")
+    bench.set_defaults(func=_bench)
     return parser
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmfs import fsm, uring
+from vmfs import fastpath, fsm, uring
 from vmfs.handles import HandleTable
 from vmfs.journal import Journal
 from vmfs.ops import Operations
@@ -40,6 +40,8 @@ class Options:
     handle_limit: int = 1024
     state_dir: str | None = None
     inline_ops: frozenset[int] = frozenset()
+    fast_path: bool = True  # vmfs.fastpath: answer common commands without the ring
+    bounce: bool = False  # treat the share as device memory even on loopback (measuring)
 
 
 class Lifecycle:
@@ -58,7 +60,7 @@ class Driver:
         fsm.mount_machine(self.mount_state)
         self.counters = Counters()
         self.handles = HandleTable(options.handle_limit)
-        self.share = Share(transport.data, transport.direct_io)
+        self.share = Share(transport.data, transport.direct_io and not options.bounce)
         self.root_fd: int | None = None
         self.mounter: Any = None
         if options.block_device:
@@ -78,6 +80,13 @@ class Driver:
         self.ops = Operations(
             self.share, self.handles, lambda: self.root_fd, self.initialise, self.deinitialise
         )
+        fast = None
+        if options.fast_path:
+            lane = fastpath.FastLane(self.ops, self.ring is not None, transport.command)
+            fast = lane.handlers
+        try_now = None
+        if options.fast_path and self.ring is not None:
+            try_now = fastpath.Inline(lambda: self.root_fd)
         self.engine = fsm.Engine(
             QueueView(transport.command, SharedIndexWords(transport.command)),
             QueueView(transport.completion, SharedIndexWords(transport.completion)),
@@ -88,7 +97,11 @@ class Driver:
             journal=self.journal,
             counters=self.counters,
             inline_ops=frozenset(inline),
+            fast=fast,
+            try_now=try_now,
         )
+        if options.fast_path:
+            lane.attach(self.engine)
         self.engine.notify = transport.notify
         self._stopping = False
         self._restore_mount_state()

@@ -47,6 +47,7 @@ AT_EMPTY_PATH = lib.AT_EMPTY_PATH
 AT_REMOVEDIR = lib.AT_REMOVEDIR
 STATX_BASIC_STATS = lib.STATX_BASIC_STATS
 MAX_IO = 0x7FFFF000  # Linux caps one read/write at this many bytes
+DISABLE_ENV = "VMFS_NO_IO_URING"  # set: behave as if io_uring were blocked (tests the fallback)
 
 
 class RingUnavailable(OSError):
@@ -66,6 +67,8 @@ class Ring:
     """
 
     def __init__(self, entries: int = 1024) -> None:
+        if os.environ.get(DISABLE_ENV):
+            raise RingUnavailable(38, f"io_uring disabled by {DISABLE_ENV}")  # ENOSYS
         self._ring = ffi.new("struct io_uring *")
         flags = lib.IORING_SETUP_SINGLE_ISSUER | lib.IORING_SETUP_COOP_TASKRUN
         ret = lib.vmfs_ring_init(self._ring, entries, flags)

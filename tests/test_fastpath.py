@@ -1,0 +1,128 @@
+"""The fast path answers exactly what the ordinary path answers, and io_uring is optional."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from vmfs._native import ffi, lib
+
+from vmfs.client import Client, LoopbackServer
+from vmfs.ops import stat_record
+from vmfs.paths import RESOLVE
+from vmfs.uring import AT_EMPTY_PATH, DISABLE_ENV, new_statx, statx_sync
+from vmfs.wire import STAT_FAST, OpenFlags
+
+MODES = {
+    "fast": [],
+    "ordinary": ["--no-fast-path"],
+    "bounce": ["--bounce"],
+    "no-uring": ["--no-uring"],
+}
+
+
+def session(client: Client, root: Path) -> list[object]:
+    """A mix of well-formed and malformed reads, writes and stats; every answer recorded."""
+    (root / "data.bin").write_bytes(bytes(range(256)) * 64)
+    (root / "dir").mkdir()
+    out: list[object] = [client.initialise().status]
+    opened = client.open("data.bin", OpenFlags.READ_WRITE)
+    ro = client.open("data.bin", OpenFlags.READ_ONLY)
+    out += [opened.status, ro.status]
+    fd, rfd = opened.data, ro.data
+    for offset, size in ((0, 4096), (16000, 4096), (16384, 10), (1 << 40, 8), (5, 1)):
+        done, data = client.read(fd, offset, size)
+        out.append((done.status, done.data, data))
+    out.append(client.write(fd, 100, b"hello").status)
+    out.append(client.write(fd, 16384, b"tail!").data)
+    out.append(client.write(rfd, 0, b"x").status)  # INVALID_WRITE
+    out.append(client.read(rfd, 0, 16400)[1])
+    out.append(client.read(fd + 1, 0, 8)[0].status)  # INVALID_FD
+    out.append(client.call_raw_read(fd, 1 << 63, 8).status)  # ERROR
+    for path in ("data.bin", "/dir", "/", "missing", "data.bin/x", "../../etc/passwd"):
+        done, record = client.stat(path)
+        if record:  # what does not depend on which tree or when it was made
+            record = {k: record[k] for k in ("mode", "nlink", "size", "blocks", "used")}
+        out.append((path, done.status, record))
+    out.append(client.close(fd).status)
+    out.append(client.read(fd, 0, 8)[0].status)
+    return out
+
+
+@pytest.fixture(params=sorted(MODES))
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def run_session(tmp_path: Path, args: list[str]) -> list[object]:
+    root = tmp_path / "root"
+    with LoopbackServer(root=root, directory=tmp_path / "loop", extra_args=args) as srv:
+        srv.client.call_raw_read = lambda fd, off, size: _raw_read(srv.client, fd, off, size)
+        return session(srv.client, root)
+
+
+def _raw_read(client: Client, fd: int, offset: int, size: int) -> object:
+    from vmfs.wire import Command
+
+    buf = client.reserve(size)
+    try:
+        return client.call(Command.FILE_READ, fd=fd, offset=offset, buf=buf)
+    finally:
+        client.release(buf)
+
+
+def test_every_mode_answers_like_the_ordinary_path(tmp_path: Path, mode: str) -> None:
+    expected = run_session(tmp_path / "reference", MODES["ordinary"])
+    assert run_session(tmp_path / mode, MODES[mode]) == expected
+
+
+def test_native_stat_record_agrees_with_python(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"abc")
+    (tmp_path / "d").mkdir()
+    os.symlink("/f", tmp_path / "link")  # absolute: resolved inside the root
+    root = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        for name in (b"f", b"d", b"link", b"."):
+            out = ffi.new("uint64_t[17]")
+            assert lib.vmfs_stat_record(root, name, RESOLVE, out) == 0
+            fd = lib.vmfs_openat2(root, name, os.O_PATH | os.O_CLOEXEC, 0, RESOLVE)
+            sx = new_statx()
+            assert statx_sync(fd, b"", AT_EMPTY_PATH, sx) == 0
+            os.close(fd)
+            assert bytes(ffi.buffer(out)) == stat_record(sx), name
+        assert lib.vmfs_stat_record(root, b"missing", RESOLVE, ffi.new("uint64_t[17]")) < 0
+    finally:
+        os.close(root)
+    assert STAT_FAST.size == 17 * 8
+
+
+def test_native_read_and_write_loops(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"0123456789")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        buf = ffi.new("char[]", 32)
+        assert lib.vmfs_pread_full(fd, buf, 32, 4, 0) == 6  # short only at end of file
+        assert ffi.buffer(buf, 6)[:] == b"456789"
+        assert lib.vmfs_pread_full(fd, buf, 8, 100, 0) == 0
+        assert lib.vmfs_pwrite_full(fd, b"ab", 2, 12) == 2
+        assert path.read_bytes() == b"0123456789\0\0ab"
+        assert lib.vmfs_pread_full(-1, buf, 8, 0, 0) < 0
+    finally:
+        os.close(fd)
+
+
+def test_driver_falls_back_to_synchronous_calls_without_io_uring(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DISABLE_ENV, "1")
+    with LoopbackServer(root=tmp_path / "root", directory=tmp_path / "loop") as srv:
+        assert srv.client.initialise().ok
+        opened = srv.client.open("f", OpenFlags.READ_WRITE | OpenFlags.CREATE)
+        assert srv.client.write(opened.data, 0, b"still serving").ok
+        assert srv.client.read(opened.data, 0, 64)[1] == b"still serving"
+        srv.stop()
+        log = srv.log()
+    assert log.count("io_uring unavailable") == 1
+    assert "synchronous calls (io_uring off)" in log

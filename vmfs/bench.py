@@ -1,0 +1,208 @@
+"""`vmfs bench`: the driver's throughput and latency beside what the machine itself can do.
+
+Each workload runs against `vmfs serve` over the loopback transport (`vmfs`; `bounce` copies
+file data through private buffers as on real UIO device memory; `no-uring` is every call
+synchronous) and, in the same run, in-process (`sync`: plain synchronous calls, `uring`:
+io_uring batches), so every figure has its ratio to the limit measured minutes apart on the
+same machine. fio-style: ops/s, MiB/s, p50/p99/p99.9 latency, the driver's CPU time per op.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TextIO
+
+from vmfs.benchdirect import run_sync, run_uring
+from vmfs.benchload import (
+    MIX_DIR,
+    TARGET_ARGS,
+    TARGETS,
+    WORKLOADS,
+    Recorder,
+    Result,
+    Workload,
+    ensure_data_file,
+    proc_cpu,
+    run_protocol,
+)
+from vmfs.client import LoopbackServer
+
+DEFAULT_ROOT_PARENT = "/dev/shm"  # tmpfs: the figures are the driver's, not a disk's
+
+
+def pin(cpu: int | None, pid: int = 0) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(pid, {cpu})
+
+
+def run_one(wl: Workload, target: str, root: Path, opts: Any, progress: Progress) -> Result:
+    """One workload against one target: warm up, measure, account the driver's CPU."""
+    rec = Recorder(opts.seconds, opts.ops, warmup=min(256, max(16, opts.ops // 10 or 256)))
+    if wl.kind == "mixed":
+        shutil.rmtree(root / MIX_DIR, ignore_errors=True)
+        (root / MIX_DIR).mkdir()
+    progress.start(wl, target, rec)
+    try:
+        if target in ("sync", "uring"):
+            (run_sync if target == "sync" else run_uring)(root, wl, rec, opts.file_size)
+            result = rec.result(wl.name, target)
+        else:
+            result = _run_driver(wl, target, root, opts, rec)
+    finally:
+        progress.stop()
+        if wl.kind == "mixed":
+            shutil.rmtree(root / MIX_DIR, ignore_errors=True)
+    if result.driver_cpu_us_per_op is not None:
+        # Client and driver share the CPU when pinned: a client costing as much as the driver
+        # per op is what limits the figure, not the driver.
+        result.client_bound = result.client_cpu_us_per_op >= result.driver_cpu_us_per_op
+        if result.client_bound:
+            result.notes.append("client-bound: the load generator used as much CPU as the driver")
+    if result.errors:
+        result.notes.append(f"{result.errors} errors")
+    return result
+
+
+def _run_driver(wl: Workload, target: str, root: Path, opts: Any, rec: Recorder) -> Result:
+    with tempfile.TemporaryDirectory(prefix="vmfs-bench-", dir=DEFAULT_ROOT_PARENT) as tmp:
+        srv = LoopbackServer(
+            root=root, directory=Path(tmp) / "loop", extra_args=TARGET_ARGS[target]
+        )
+        try:
+            assert srv.process is not None
+            pid = srv.process.pid
+            pin(opts.pin, pid)
+            done = srv.client.initialise()
+            if not done.ok:
+                raise RuntimeError(f"INITIALISE failed: {done}\n{srv.log()}")
+            cpu = {"start": 0.0}
+            rec.on_start = lambda: cpu.__setitem__("start", proc_cpu(pid))
+            run_protocol(srv, wl, rec, opts.file_size)
+            driver_cpu = proc_cpu(pid) - cpu["start"]
+        finally:
+            srv.close()
+    result = rec.result(wl.name, target)
+    result.driver_cpu_us_per_op = round(driver_cpu / max(result.ops, 1) * 1e6, 2)
+    return result
+
+
+class Progress:
+    """One status line on stderr, refreshed while a run is going."""
+
+    def __init__(self, stream: TextIO, total: int, enabled: bool) -> None:
+        self.stream, self.total, self.enabled = stream, total, enabled
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, wl: Workload, target: str, rec: Recorder) -> None:
+        self.count += 1
+        if not self.enabled:
+            return
+        label = f"[{self.count}/{self.total}] {wl.name} {target}"
+        self._stop.clear()
+
+        def show() -> None:
+            while not self._stop.wait(0.5):
+                secs = max((rec.t_end - rec.t0) / 1e9, 1e-9)
+                rate = rec.ops / secs if rec.ops else 0.0
+                self.stream.write(f"\r{label}: {rec.ops} ops, {rate:,.0f} ops/s   ")
+                self.stream.flush()
+
+        self.stream.write(f"\r{label}: warming up{' ' * 20}")
+        self.stream.flush()
+        self._thread = threading.Thread(target=show, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            self.stream.write("\r" + " " * 78 + "\r")
+            self.stream.flush()
+
+
+def ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}" if base else "-"
+
+
+def table(results: list[Result]) -> str:
+    """The human table: one row per workload, the driver beside the baselines."""
+    by = {(r.workload, r.target): r for r in results}
+    lines = [
+        "| workload | vmfs ops/s | MiB/s | p50 / p99 / p99.9 us | driver CPU us/op | "
+        "bounce ops/s | no-uring ops/s | sync limit | uring limit | vmfs / sync | vmfs / uring | "
+        "notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for wl in WORKLOADS:
+        v = by.get((wl.name, "vmfs"))
+        if v is None:
+            continue
+
+        def ops(t: str, name: str = wl.name) -> str:
+            r = by.get((name, t))
+            return f"{r.ops_per_s:,.0f}" if r else "-"
+
+        sync, uring = by.get((wl.name, "sync")), by.get((wl.name, "uring"))
+        notes = "; ".join(
+            n
+            for t in TARGETS
+            if (r := by.get((wl.name, t)))
+            for n in (f"{t}: {x}" for x in r.notes)
+        )
+        lines.append(
+            f"| {wl.title} | {v.ops_per_s:,.0f} | {v.mib_per_s:,.1f} | "
+            f"{v.p50_us:.1f} / {v.p99_us:.1f} / {v.p999_us:.1f} | {v.driver_cpu_us_per_op} | "
+            f"{ops('bounce')} | {ops('no-uring')} | {ops('sync')} | {ops('uring')} | "
+            f"{ratio(v.ops_per_s, sync.ops_per_s) if sync else '-'} | "
+            f"{ratio(v.ops_per_s, uring.ops_per_s) if uring else '-'} | {notes} |"
+        )
+    return "\n".join(lines)
+
+
+def main(opts: Any) -> int:
+    selected = [
+        w for w in WORKLOADS if not opts.workloads or any(p in w.name for p in opts.workloads)
+    ]
+    targets = [t for t in TARGETS if t in opts.targets]
+    if not selected or not targets:
+        print("vmfs bench: nothing selected", file=sys.stderr)
+        return 2
+    pin(opts.pin)
+    owned = opts.root is None
+    root = Path(opts.root or tempfile.mkdtemp(prefix="vmfs-bench-root-", dir=DEFAULT_ROOT_PARENT))
+    root.mkdir(parents=True, exist_ok=True)
+    ensure_data_file(root, opts.file_size)
+    progress = Progress(
+        sys.stderr, len(selected) * len(targets), sys.stderr.isatty() or opts.progress
+    )
+    results: list[Result] = []
+    try:
+        for wl in selected:
+            for target in targets:
+                results.append(run_one(wl, target, root, opts, progress))
+                if not opts.json and not progress.enabled:
+                    r = results[-1]
+                    print(f"{wl.name} {target}: {r.ops_per_s:,.0f} ops/s", file=sys.stderr)
+    finally:
+        if owned:
+            shutil.rmtree(root, ignore_errors=True)
+    if opts.json:
+        print(json.dumps([asdict(r) for r in results], indent=1))
+    else:
+        print(table(results))
+        bound = [f"{r.workload} ({r.target})" for r in results if r.client_bound]
+        if bound:
+            print(
+                f"\nclient-bound runs (figures limited by the load generator): {', '.join(bound)}"
+            )
+    return 0
