@@ -23,7 +23,7 @@ from hostile_helpers import (
     send_many,
     wait_all,
 )
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from vmfs.client import Client, LoopbackServer
@@ -278,8 +278,7 @@ def test_random_handles_are_invalid_fd(
     shared: tuple[LoopbackServer, int, int], handle: int, cmd: Command
 ) -> None:
     server, f, d = shared
-    if handle in (f, d):
-        handle ^= 1
+    assume(handle not in (f, d))
     client = server.client
     done = wait_all(client, send_many(client, handle_messages(client, handle, 1 << 41, (cmd,))))
     assert (done[1 << 41].status, done[1 << 41].data) == (INVALID_FD, 0)
