@@ -124,6 +124,7 @@ class Operations:
         self._root = root
         self._initialise = initialise
         self._deinitialise = deinitialise
+        self.opening = 0  # FILE_OPENs between their table check and taking their handle
         self.table: dict[int, Callable[[Request], Steps]] = {
             Command.INITIALISE: self.initialise,
             Command.DEINITIALISE: self.deinitialise,
@@ -167,6 +168,8 @@ class Operations:
             return ((entry.key, 0, WHOLE_FILE, writes),)
         if cmd == Command.STAT:
             return STAT_CLAIMS
+        if (cmd == Command.FILE_OPEN or cmd == Command.DIR_OPEN) and self._table_contended():
+            return None
         if cmd == Command.FILE_OPEN:
             return NAMESPACE_WRITE if p[2] & OpenFlags.CREATE else NAMESPACE_READ
         if cmd in NAME_COMMANDS:
@@ -176,6 +179,11 @@ class Operations:
         if cmd == Command.DIR_OPEN or cmd == Command.DIR_REWIND:
             return NAMESPACE_READ
         return None
+
+    def _table_contended(self) -> bool:
+        """Whether opens in flight could take the last free handles: a later open must then
+        wait for them, or it could take a handle an earlier open is refused for."""
+        return bool(self.opening) and len(self.handles) + self.opening >= self.handles.limit
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -215,7 +223,11 @@ class Operations:
         create = bool(flags & OpenFlags.CREATE)
         linux_flags = OPEN_BASE | ACCESS_TO_LINUX[access] | (os.O_CREAT if create else 0)
         mode = FILE_MODE if create else 0  # openat2 refuses a mode without O_CREAT
-        fd = yield (IORING_OP_OPENAT2, self._root(), relative, linux_flags, mode, RESOLVE)
+        self.opening += 1
+        try:
+            fd = yield (IORING_OP_OPENAT2, self._root(), relative, linux_flags, mode, RESOLVE)
+        finally:
+            self.opening -= 1
         if fd < 0:
             req.finish(status_of(-fd, names_created=create))
             return
