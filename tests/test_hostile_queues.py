@@ -17,6 +17,7 @@ import pytest
 from hostile_helpers import (
     CAPACITY,
     U64,
+    HeldRing,
     assert_no_extra_completions,
     cpu_seconds,
     message,
@@ -199,35 +200,6 @@ def test_burst_across_2_64_survives(tmp_path: Any) -> None:
 
 
 # -- the engine alone, with a ring whose completions the test releases -------------------------
-
-
-class HeldRing:
-    """An io_uring stand-in: calls stay in flight until the test releases them."""
-
-    pending = 0
-
-    def __init__(self) -> None:
-        self.in_flight: dict[int, tuple[Any, ...]] = {}
-        self.done: list[tuple[int, int]] = []
-
-    def submit_call(self, call: tuple[Any, ...], tag: int) -> Any:
-        assert tag not in self.in_flight, "two requests share one tag"
-        self.in_flight[tag] = call
-        return call
-
-    def submit(self) -> int:
-        return 0
-
-    def wait(self, count: int = 1) -> None:
-        self.release()
-
-    def reap(self) -> list[tuple[int, int]]:
-        done, self.done = self.done, []
-        return done
-
-    def release(self) -> None:
-        self.done += [(tag, 0) for tag in self.in_flight]
-        self.in_flight.clear()
 
 
 class CountingOps:
