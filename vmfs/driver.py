@@ -102,12 +102,16 @@ class Driver:
         return Path(directory) if directory else Path("/run/vmfs")
 
     def _identity(self) -> bytes:
-        """Ties the journal to this very queue: a recreated queue starts a fresh journal."""
+        """Ties the journal to this very queue: a recreated queue starts a fresh journal.
+
+        Not the file's ctime: every store through the mapping updates it, so a driver restarted
+        on the same queue would throw away its own journal (and the INITIALISE it records).
+        """
         parts = [self.transport.description.encode()]
         directory = getattr(self.transport, "directory", None)
         if directory:
             st = os.stat(Path(directory) / "vmfs_command")
-            parts.append(f"{st.st_dev}:{st.st_ino}:{st.st_ctime_ns}".encode())
+            parts.append(f"{st.st_dev}:{st.st_ino}".encode())
         try:
             parts.append(Path("/proc/sys/kernel/random/boot_id").read_bytes())
         except OSError:
