@@ -2,13 +2,16 @@
 
 A handle is `generation << SLOT_BITS | slot`. Freed slots go to the back of a FIFO, and each
 reuse bumps the slot's generation, so a closed value comes back only after 2^19 reuses of the
-same slot: a stale or forged value fails the lookup instead of reaching another file.
+same slot: a stale or forged value fails the lookup instead of reaching another file. Each
+slot's first generation is random, so a driver restarted after a crash does not hand out the
+values its previous life did (the client may still hold those).
 """
 
 from __future__ import annotations
 
 import enum
 import os
+import random
 from array import array
 from collections import deque
 from collections.abc import Iterator
@@ -19,6 +22,9 @@ SLOT_BITS = 12
 MAX_SLOTS = 1 << SLOT_BITS
 GENERATION_BITS = 31 - SLOT_BITS
 GENERATION_MASK = (1 << GENERATION_BITS) - 1
+
+
+_RANDOM = random.SystemRandom()
 
 
 class Kind(enum.IntEnum):
@@ -75,7 +81,7 @@ class HandleTable:
             raise ValueError(f"handle limit must be 1..{MAX_SLOTS}")
         self.limit = limit
         self._entries: list[OpenFile | OpenDirectory | None] = [None] * limit
-        self._generation = [1] * limit
+        self._generation = [_RANDOM.randrange(1, GENERATION_MASK + 1) for _ in range(limit)]
         self._free: deque[int] = deque(range(limit))
 
     def __len__(self) -> int:
