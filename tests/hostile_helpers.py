@@ -31,8 +31,8 @@ HANDLE_CEILING = 1 << 31
 
 settings.register_profile(
     "hostile-ci",
-    max_examples=25,
-    stateful_step_count=40,
+    max_examples=40,
+    stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
