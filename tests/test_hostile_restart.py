@@ -173,9 +173,10 @@ class Stream:
         push_raw(self.client, raw)
 
 
-def test_kill_9_mid_stream_then_restart(tmp_path: Path) -> None:
-    rng = random.Random(9)
-    total, kills = 2400, 4
+def kill_stream(tmp_path: Path, total: int, kills: int, seed: int) -> dict[str, int]:
+    """Pipeline `total` commands, kill -9 the driver `kills` times at random points, restart it
+    each time, and check every command's outcome. Returns what happened, for the record."""
+    rng = random.Random(seed)
     kill_points = sorted(rng.sample(range(300, total - 100), kills))
     with LoopbackServer(root=tmp_path / "root", directory=tmp_path / "loop") as srv:
         client = srv.client
@@ -259,6 +260,21 @@ def test_kill_9_mid_stream_then_restart(tmp_path: Path) -> None:
                     assert status in (NO_FILE, ERROR), (k, at, done[cmd_id])
         assert interrupted <= kills * CAPACITY
         assert srv.process is not None and srv.process.poll() is None
+        statuses = Counter(done[i].status for i in stream.kinds)
+        return {
+            "commands": total,
+            "kills": kills,
+            "answered": len(done),
+            "max_completions_per_id": max(arrived.values()),
+            "interrupted_error": interrupted,
+            "renames_done": at,
+            **{f"status_{k}": v for k, v in sorted(statuses.items())},
+        }
+
+
+def test_kill_9_mid_stream_then_restart(tmp_path: Path) -> None:
+    outcome = kill_stream(tmp_path, total=2400, kills=4, seed=9)
+    assert outcome["answered"] == 2400
 
 
 def test_kill_9_with_the_completion_queue_full(tmp_path: Path) -> None:
