@@ -11,8 +11,9 @@ import os
 import signal
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, settings
 
@@ -30,8 +31,8 @@ HANDLE_CEILING = 1 << 31
 
 settings.register_profile(
     "hostile-ci",
-    max_examples=25,
-    stateful_step_count=40,
+    max_examples=40,
+    stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
@@ -119,6 +120,38 @@ def check_completion_shape(done: Completion, cmd_type: int) -> None:
         assert done.data == 0, f"data must be 0 on failure: {done}"
     if cmd_type >= NUM_COMMANDS:
         assert done.status == 13, f"type {cmd_type} must be INVALID_COMMAND: {done}"
+
+
+class HeldRing:
+    """An io_uring stand-in for engine-level tests: calls stay in flight until released, then
+    run through `perform` (or report 0 without one)."""
+
+    pending = 0
+
+    def __init__(self, perform: Callable[[tuple[Any, ...]], int] | None = None) -> None:
+        self.perform = perform
+        self.in_flight: dict[int, tuple[Any, ...]] = {}
+        self.done: list[tuple[int, int]] = []
+
+    def submit_call(self, call: tuple[Any, ...], tag: int) -> Any:
+        assert tag not in self.in_flight, "two requests share one tag"
+        self.in_flight[tag] = call
+        return call
+
+    def submit(self) -> int:
+        return 0
+
+    def wait(self, count: int = 1) -> None:
+        self.release()
+
+    def reap(self) -> list[tuple[int, int]]:
+        done, self.done = self.done, []
+        return done
+
+    def release(self) -> None:
+        for tag, call in self.in_flight.items():
+            self.done.append((tag, self.perform(call) if self.perform else 0))
+        self.in_flight.clear()
 
 
 # -- the process ------------------------------------------------------------------------------

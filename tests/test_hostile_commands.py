@@ -286,6 +286,7 @@ class HostileMix(RuleBasedStateMachine):
 
     server: LoopbackServer
     run_number = 0
+    garbage_id = 1 << 32  # distinct over all runs: a late duplicate would be caught later
 
     handles = Bundle("handles")
 
@@ -301,7 +302,6 @@ class HostileMix(RuleBasedStateMachine):
         self.stale: list[int] = []
         self.next_object = 0
         self.initialised = True
-        self.garbage_id = 1 << 32
 
     @initialize()
     def make_base(self) -> None:
@@ -502,14 +502,14 @@ class HostileMix(RuleBasedStateMachine):
         # The valid probe names "/": garbage that happens to point at its bytes can do no harm.
         probe_path = client.put(b"/")
         probe_out = client.reserve(4096)
-        probe_id = self.garbage_id
-        self.garbage_id += 1
+        probe_id = HostileMix.garbage_id
+        HostileMix.garbage_id += 1
         probe = params(Command.STAT, path=probe_path, buf=probe_out)
         messages = [message(probe_id, Command.STAT, probe)]
         types: dict[int, int] = {}
         for raw in batch:
-            cmd_id = self.garbage_id
-            self.garbage_id += 1
+            cmd_id = HostileMix.garbage_id
+            HostileMix.garbage_id += 1
             cmd_type, fd = struct.unpack_from("<QQ", raw, 8)
             body = bytearray(raw[16:])
             if cmd_type in HANDLE_COMMANDS and fd in self.open:

@@ -8,6 +8,7 @@ queues, io_uring) are never reachable through a handle (PROTOCOL.md D10).
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from hostile_helpers import (
     HANDLE_CEILING,
     U64,
+    HeldRing,
     assert_no_extra_completions,
     hypothesis_profile,
     message,
@@ -26,8 +28,12 @@ from hostile_helpers import (
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from vmfs import fsm, uring
 from vmfs.client import Client, LoopbackServer
-from vmfs.wire import Command
+from vmfs.handles import HandleTable
+from vmfs.ops import Operations
+from vmfs.uio import Share
+from vmfs.wire import QUEUE_REGION_SIZE, Command, QueueView, Status
 
 SUCCESS, INVALID_FD, TOO_MANY_OPEN_FILES = 0, 4, 8
 
@@ -284,3 +290,36 @@ def test_random_handles_are_invalid_fd(
     assert (done[1 << 41].status, done[1 << 41].data) == (INVALID_FD, 0)
     assert (server.root / "victim").read_bytes() == b"victim content"
     assert client.telldir(d).data == 0
+
+
+def test_last_handle_goes_to_the_earlier_open(tmp_path: Path) -> None:
+    """Queue order decides who gets the last free handle, even with an open still in flight."""
+    (tmp_path / "f").write_bytes(b"")
+    root_fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        share = bytearray(1 << 16)
+        share[0:2] = b"/f"
+        share[8:9] = b"/"
+        ops = Operations(
+            Share(memoryview(share), True),
+            HandleTable(limit=1),
+            lambda: root_fd,
+            lambda: Status.SUCCESS,
+            lambda: Status.SUCCESS,
+        )
+        cmdq = QueueView(memoryview(bytearray(QUEUE_REGION_SIZE)))
+        cmplq = QueueView(memoryview(bytearray(QUEUE_REGION_SIZE)))
+        ring = HeldRing(uring.perform)
+        engine = fsm.Engine(cmdq, cmplq, ops, ring, uring.perform, lambda: True)
+        assert cmdq.push(message(1, Command.FILE_OPEN, struct.pack("<QQQ", 0, 2, 0)))
+        assert cmdq.push(message(2, Command.DIR_OPEN, struct.pack("<QQ", 8, 1)))
+        for _ in range(4):
+            engine.pump()
+            ring.release()
+        statuses = {}
+        while (raw := cmplq.pop()) is not None:
+            cmd_id, status, _ = struct.unpack_from("<QQQ", raw)
+            statuses[cmd_id] = status
+        assert statuses == {1: SUCCESS, 2: TOO_MANY_OPEN_FILES}
+    finally:
+        os.close(root_fd)

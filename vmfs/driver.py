@@ -28,6 +28,9 @@ from vmfs.wire import QueueView, Status
 
 log = logging.getLogger("vmfs")
 
+CRASH_ON_ID_VARIABLE = "VMFS_TESTING_CRASH_ON_ID"
+CRASH_EXIT_CODE = 70
+
 
 @dataclass
 class Options:
@@ -103,9 +106,28 @@ class Driver:
         if options.fast_path:
             lane.attach(self.engine)
         self.engine.notify = transport.notify
+        crash_on = os.environ.get(CRASH_ON_ID_VARIABLE)
+        if crash_on:
+            self._crash_on_id_for_testing(int(crash_on, 0))
         self._stopping = False
         self._restore_mount_state()
         self.lifecycle.attach()
+
+    def _crash_on_id_for_testing(self, cmd_id: int) -> None:
+        """Tests of restart safety only: die, as a crash would, when the command with this id
+        starts (after the journal has recorded it). A poison command, on demand."""
+        log.warning("%s=%d: this driver dies on that command", CRASH_ON_ID_VARIABLE, cmd_id)
+
+        def wrap(run: Any) -> Any:
+            def crash_or_run(req: Any) -> Any:
+                if req.id == cmd_id:
+                    os._exit(CRASH_EXIT_CODE)
+                return run(req)
+
+            return crash_or_run
+
+        for cmd, run in list(self.ops.table.items()):
+            self.ops.table[cmd] = wrap(run)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -116,7 +138,11 @@ class Driver:
         return Path(directory) if directory else Path("/run/vmfs")
 
     def _identity(self) -> bytes:
-        """Ties the journal to this very queue: a recreated queue starts a fresh journal."""
+        """Ties the journal to this very queue: a recreated queue starts a fresh journal.
+
+        Not the file's ctime: every store through the mapping updates it, so a driver restarted
+        on the same queue would throw away its own journal (and the INITIALISE it records).
+        """
         parts = [self.transport.description.encode()]
         directory = getattr(self.transport, "directory", None)
         if directory:

@@ -239,20 +239,32 @@ class Engine:
     # -- taking -------------------------------------------------------------------------------
 
     def _free_completion_slots(self) -> int:
-        unconsumed = (self.cmpl_tail - self.cmplq.head) & U64_MASK
+        head = self.cmplq.head
+        unconsumed = (self.cmpl_tail - head) & U64_MASK
         if unconsumed > QUEUE_CAPACITY:
-            self._warn(f"completion queue corrupt (head {self.cmplq.head}); treating it as full")
+            self._warn(f"completion queue corrupt (head {head}); treating it as full")
             return 0
-        return QUEUE_CAPACITY - unconsumed - self.outstanding
+        if self.cmpl_tail < head:
+            return 0  # written across 2^64, not yet consumed across it: slots would collide
+        free = QUEUE_CAPACITY - unconsumed - self.outstanding
+        return min(free, (1 << 64) - self.cmpl_tail - self.outstanding)
 
     def takeable(self) -> int:
         """How many commands may be taken now (PROTOCOL.md 2.3)."""
         tail = self.cmdq.tail
         queued = (tail - self.head) & U64_MASK
-        if queued > QUEUE_CAPACITY:
+        waiting = (tail - self.next_take) & U64_MASK
+        if queued > QUEUE_CAPACITY or waiting > queued:  # too far ahead, or moved back
             self._warn(f"command queue corrupt (head {self.head}, tail {tail}); ignoring it")
             return 0
-        return max(0, min((tail - self.next_take) & U64_MASK, self._free_completion_slots()))
+        if self.next_take < self.head:
+            # Taking crossed 2^64 before publishing did: index mod 511 of the two sides of the
+            # wrap collide (2^64 - 2 and 0 share a slot), so wait until the older side is done.
+            return 0
+        free = self._free_completion_slots()
+        if waiting and free <= 0 and not self.outstanding:
+            self._warn(f"completion queue full; {waiting} commands wait for the client to consume")
+        return max(0, min(waiting, free, (1 << 64) - self.next_take))
 
     def pump(self) -> bool:
         """One batch: take, start, submit, reap, publish. True if anything happened."""

@@ -2,20 +2,29 @@
 
 A handle is `generation << SLOT_BITS | slot`. Freed slots go to the back of a FIFO, and each
 reuse bumps the slot's generation, so a closed value comes back only after 2^19 reuses of the
-same slot: a stale or forged value fails the lookup instead of reaching another file.
+same slot: a stale or forged value fails the lookup instead of reaching another file. Each
+slot's first generation is random, so a driver restarted after a crash does not hand out the
+values its previous life did (the client may still hold those).
 """
 
 from __future__ import annotations
 
 import enum
 import os
+import random
+from array import array
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate, islice
 
 SLOT_BITS = 12
 MAX_SLOTS = 1 << SLOT_BITS
 GENERATION_BITS = 31 - SLOT_BITS
 GENERATION_MASK = (1 << GENERATION_BITS) - 1
+
+
+_RANDOM = random.SystemRandom()
 
 
 class Kind(enum.IntEnum):
@@ -31,10 +40,36 @@ class OpenFile:
     key: tuple[int, int]  # (st_dev, st_ino): the object whose data this handle reaches
 
 
+class Listing:
+    """A directory snapshot packed into one buffer (names back to back, and where each ends):
+    a fraction of the memory a list of bytes objects takes."""
+
+    __slots__ = ("_blob", "_ends")
+
+    def __init__(self) -> None:
+        self._blob = bytearray()
+        self._ends = array("Q")
+
+    def extend(self, names: list[bytes]) -> None:
+        self._ends.extend(islice(accumulate(map(len, names), initial=len(self._blob)), 1, None))
+        self._blob += b"".join(names)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, index: int) -> bytes:
+        start = self._ends[index - 1] if index else 0
+        return bytes(self._blob[start : self._ends[index]])
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._blob) + self._ends.itemsize * len(self._ends)
+
+
 @dataclass(slots=True)
 class OpenDirectory:
     fd: int
-    names: list[bytes] = field(default_factory=list)
+    names: Listing = field(default_factory=Listing)
     position: int = 0
 
 
@@ -46,7 +81,7 @@ class HandleTable:
             raise ValueError(f"handle limit must be 1..{MAX_SLOTS}")
         self.limit = limit
         self._entries: list[OpenFile | OpenDirectory | None] = [None] * limit
-        self._generation = [1] * limit
+        self._generation = [_RANDOM.randrange(1, GENERATION_MASK + 1) for _ in range(limit)]
         self._free: deque[int] = deque(range(limit))
 
     def __len__(self) -> int:
@@ -82,6 +117,9 @@ class HandleTable:
         slot = self._slot(handle)
         entry = None if slot is None else self._entries[slot]
         return entry if type(entry) is OpenDirectory else None
+
+    def directories(self) -> Iterator[OpenDirectory]:
+        return (entry for entry in self._entries if type(entry) is OpenDirectory)
 
     def remove(self, handle: int) -> OpenFile | OpenDirectory | None:
         """Forget `handle` (the caller closes the descriptor); None if it was not valid."""

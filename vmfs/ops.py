@@ -16,7 +16,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from vmfs import paths
-from vmfs.handles import HandleTable, OpenDirectory, OpenFile
+from vmfs.handles import HandleTable, Listing, OpenDirectory, OpenFile
 from vmfs.paths import RESOLVE, PathRefused, status_of
 from vmfs.shm import Share
 from vmfs.uring import (
@@ -124,6 +124,7 @@ class Operations:
         self._root = root
         self._initialise = initialise
         self._deinitialise = deinitialise
+        self.opening = 0  # FILE_OPENs between their table check and taking their handle
         self.table: dict[int, Callable[[Request], Steps]] = {
             Command.INITIALISE: self.initialise,
             Command.DEINITIALISE: self.deinitialise,
@@ -167,6 +168,8 @@ class Operations:
             return ((entry.key, 0, WHOLE_FILE, writes),)
         if cmd == Command.STAT:
             return STAT_CLAIMS
+        if (cmd == Command.FILE_OPEN or cmd == Command.DIR_OPEN) and self._table_contended():
+            return None
         if cmd == Command.FILE_OPEN:
             return NAMESPACE_WRITE if p[2] & OpenFlags.CREATE else NAMESPACE_READ
         if cmd in NAME_COMMANDS:
@@ -176,6 +179,11 @@ class Operations:
         if cmd == Command.DIR_OPEN or cmd == Command.DIR_REWIND:
             return NAMESPACE_READ
         return None
+
+    def _table_contended(self) -> bool:
+        """Whether opens in flight could take the last free handles: a later open must then
+        wait for them, or it could take a handle an earlier open is refused for."""
+        return bool(self.opening) and len(self.handles) + self.opening >= self.handles.limit
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -215,7 +223,11 @@ class Operations:
         create = bool(flags & OpenFlags.CREATE)
         linux_flags = OPEN_BASE | ACCESS_TO_LINUX[access] | (os.O_CREAT if create else 0)
         mode = FILE_MODE if create else 0  # openat2 refuses a mode without O_CREAT
-        fd = yield (IORING_OP_OPENAT2, self._root(), relative, linux_flags, mode, RESOLVE)
+        self.opening += 1
+        try:
+            fd = yield (IORING_OP_OPENAT2, self._root(), relative, linux_flags, mode, RESOLVE)
+        finally:
+            self.opening -= 1
         if fd < 0:
             req.finish(status_of(-fd, names_created=create))
             return
@@ -447,7 +459,12 @@ class Operations:
         if fd < 0:
             req.finish(status_of(-fd))
             return
-        entry = OpenDirectory(fd, list_names(fd))
+        names = list_names(fd, LISTING_BUDGET - self._listings_held())
+        if names is None:
+            os.close(fd)
+            req.finish(Status.ALLOCATION_ERROR)
+            return
+        entry = OpenDirectory(fd, names)
         handle = self.handles.add(entry)
         if handle is None:
             os.close(fd)
@@ -455,6 +472,9 @@ class Operations:
             return
         req.finish(Status.SUCCESS, handle)
         yield from ()
+
+    def _listings_held(self) -> int:
+        return sum(entry.names.nbytes for entry in self.handles.directories())
 
     def dir_close(self, req: Request) -> Steps:
         entry = self.handles.directory(req.params[0])
@@ -510,24 +530,43 @@ class Operations:
         if entry is None:
             req.finish(Status.INVALID_FD)
             return
-        entry.names = list_names(entry.fd)
+        names = list_names(entry.fd, LISTING_BUDGET - self._listings_held() + entry.names.nbytes)
+        if names is None:
+            req.finish(Status.ALLOCATION_ERROR)
+            return
+        entry.names = names
         entry.position = 0
         req.finish(Status.SUCCESS)
         yield from ()
 
 
 MAX_LISTING = 1 << 20
+# What the snapshots of all open directory handles may take together. Without a bound, a client
+# opening a huge directory over and over (or abandoning listings) exhausts the driver's memory.
+LISTING_BUDGET = 64 << 20
 
 
-def list_names(fd: int) -> list[bytes]:
-    """A snapshot of a directory's names (no "." or ".."), stable until the next rewind."""
-    names: list[bytes] = []
+def list_names(fd: int, budget: int = LISTING_BUDGET) -> Listing | None:
+    """A snapshot of a directory's names (no "." or ".."), stable until the next rewind;
+    None if it would take more than `budget` bytes."""
+    names = Listing()
+    chunk: list[bytes] = []
     with os.scandir(fd) as it:
         for entry in it:
-            names.append(os.fsencode(entry.name))
+            chunk.append(os.fsencode(entry.name))
+            if len(chunk) < 512:
+                continue
+            names.extend(chunk)
+            chunk.clear()
+            if names.nbytes > budget:
+                break
             if len(names) >= MAX_LISTING:
                 log.warning("directory listing truncated at %d entries", MAX_LISTING)
                 break
+    names.extend(chunk)
+    if names.nbytes > budget:
+        log.warning("directory snapshots would exceed %d bytes; refusing", LISTING_BUDGET)
+        return None
     return names
 
 

@@ -230,6 +230,8 @@ def create_loopback_dir(
         (path / name).unlink(missing_ok=True)  # a new queue gets a new inode: a new journal
         with open(path / name, "wb") as f:
             f.truncate(size)
+    # A new connection: a restart journal a driver left here belongs to the old queue.
+    (path / "journal").unlink(missing_ok=True)
     for fifo in ("vmfs_irq", "vmfs_notify"):
         target = path / fifo
         if target.exists() and not stat.S_ISFIFO(target.lstat().st_mode):
