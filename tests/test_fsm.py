@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from transitions import MachineError
 
 from vmfs import fsm
-from vmfs.ops import ANY_FILE, NAMESPACE, Request
+from vmfs.ordering import ANY_FILE, NAMESPACE
+from vmfs.request import Request
 from vmfs.wire import QUEUE_REGION_SIZE, Command, QueueView, Status, build_command
 
 

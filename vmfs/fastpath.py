@@ -26,8 +26,10 @@ from typing import Any, Protocol
 
 from vmfs import paths
 from vmfs._native import ffi, lib
-from vmfs.ops import STAT_CLAIMS, Operations, Request
+from vmfs.ops import Operations
+from vmfs.ordering import STAT_CLAIMS, InFlight
 from vmfs.paths import RESOLVE, PathRefused
+from vmfs.request import Request
 from vmfs.uring import (
     IORING_OP_CLOSE,
     IORING_OP_FTRUNCATE,
@@ -63,10 +65,8 @@ class EngineLike(Protocol):
     """What the fast lane needs of `vmfs.fsm.Engine`."""
 
     in_flight: int
-    _file_writers: int
+    ordering: InFlight
     journal: Any
-
-    def _conflicts(self, claims: Any) -> bool: ...
 
 
 Handler = Callable[[Request, int], bool]
@@ -116,7 +116,9 @@ class FastLane:
         engine = self.engine
         assert engine is not None
         key = entry.key
-        if engine._file_writers and engine._conflicts(((key, position, position + size, False),)):
+        if engine.ordering.file_writers and engine.ordering.conflicts(
+            ((key, position, position + size, False),)
+        ):
             return False
         mode = self.modes.get(key[0]) or self.mode(entry.fd, key[0])
         if mode == RING:
@@ -155,7 +157,9 @@ class FastLane:
             return False
         engine = self.engine
         assert engine is not None
-        if engine.in_flight and engine._conflicts(((key, position, position + size, True),)):
+        if engine.in_flight and engine.ordering.conflicts(
+            ((key, position, position + size, True),)
+        ):
             return False
         req.params = params
         if engine.journal:
@@ -186,7 +190,7 @@ class FastLane:
             return False
         engine = self.engine
         assert engine is not None
-        if engine.in_flight and engine._conflicts(STAT_CLAIMS):
+        if engine.in_flight and engine.ordering.conflicts(STAT_CLAIMS):
             return False
         try:
             relative = paths.parse(self.share.copy_in(path_off, path_size))

@@ -24,8 +24,9 @@ from typing import Any, Protocol
 from transitions import Machine
 
 from vmfs.journal import WRITTEN
-from vmfs.ops import ANY_FILE, NAMESPACE, Request
+from vmfs.ordering import InFlight
 from vmfs.paths import PathRefused, status_of
+from vmfs.request import Request
 from vmfs.stats import Counters
 from vmfs.wire import (
     COMPLETION_FAST,
@@ -39,6 +40,7 @@ from vmfs.wire import (
     Command,
     QueueView,
     Status,
+    batch_limit,
 )
 
 log = logging.getLogger("vmfs.fsm")
@@ -225,12 +227,7 @@ class Engine:
         self.cmpl_published = self.cmpl_tail
         self.outstanding = 0  # taken, not yet written
         self.in_flight = 0  # requests with a call on the ring
-        self._claims: dict[Any, list[tuple[int, int, bool, int]]] = {}
-        self._claimed: list[tuple[tuple[Any, int, int, bool], ...] | None] = [None] * len(
-            self.slots
-        )
-        self._any_file_readers = 0
-        self._file_writers = 0
+        self.ordering = InFlight(len(self.slots))
         self.tap: Callable[[str, Request], None] | None = None
         queued = (commands.tail - self.head) & U64_MASK
         self._recovering = queued if journal is not None and queued <= QUEUE_CAPACITY else 0
@@ -238,33 +235,19 @@ class Engine:
 
     # -- taking -------------------------------------------------------------------------------
 
-    def _free_completion_slots(self) -> int:
-        head = self.cmplq.head
-        unconsumed = (self.cmpl_tail - head) & U64_MASK
-        if unconsumed > QUEUE_CAPACITY:
-            self._warn(f"completion queue corrupt (head {head}); treating it as full")
-            return 0
-        if self.cmpl_tail < head:
-            return 0  # written across 2^64, not yet consumed across it: slots would collide
-        free = QUEUE_CAPACITY - unconsumed - self.outstanding
-        return min(free, (1 << 64) - self.cmpl_tail - self.outstanding)
-
     def takeable(self) -> int:
-        """How many commands may be taken now (PROTOCOL.md 2.3)."""
-        tail = self.cmdq.tail
-        queued = (tail - self.head) & U64_MASK
-        waiting = (tail - self.next_take) & U64_MASK
-        if queued > QUEUE_CAPACITY or waiting > queued:  # too far ahead, or moved back
-            self._warn(f"command queue corrupt (head {self.head}, tail {tail}); ignoring it")
-            return 0
-        if self.next_take < self.head:
-            # Taking crossed 2^64 before publishing did: index mod 511 of the two sides of the
-            # wrap collide (2^64 - 2 and 0 share a slot), so wait until the older side is done.
-            return 0
-        free = self._free_completion_slots()
-        if waiting and free <= 0 and not self.outstanding:
-            self._warn(f"completion queue full; {waiting} commands wait for the client to consume")
-        return max(0, min(waiting, free, (1 << 64) - self.next_take))
+        """How many commands may be taken now (PROTOCOL.md 2.3); corrupt indices are logged."""
+        n, problem = batch_limit(
+            self.head,
+            self.next_take,
+            self.cmdq.tail,
+            self.cmpl_tail,
+            self.cmplq.head,
+            self.outstanding,
+        )
+        if problem:
+            self._warn(problem)
+        return n
 
     def pump(self) -> bool:
         """One batch: take, start, submit, reap, publish. True if anything happened."""
@@ -319,7 +302,7 @@ class Engine:
             self.journal.started(req.index)
         claims = self.ops.claims(req)
         req.synchronous = claims is None or self.ring is None
-        if req.synchronous or (self.in_flight and self._conflicts(claims)):
+        if req.synchronous or (self.in_flight and self.ordering.conflicts(claims)):
             fire(req, T["hold"])
             self.flush()
         try:
@@ -357,7 +340,7 @@ class Engine:
                 else:
                     fire(req, T["release"] if req.state == BARRIER_WAIT else T["submit"])
                     self.in_flight += 1
-                    self._claim(req, claims)
+                    self.ordering.claim(req.index % QUEUE_CAPACITY, claims)
                 return
         except StopIteration:
             pass
@@ -368,49 +351,6 @@ class Engine:
             return
         trigger = {QUEUED: T["answer"], BARRIER_WAIT: T["run"], SUBMITTED: T["reap"]}[req.state]
         self._complete(req, trigger)
-
-    # -- ordering -----------------------------------------------------------------------------
-
-    def _conflicts(self, claims: tuple[tuple[Any, int, int, bool], ...]) -> bool:
-        for key, lo, hi, write in claims:
-            if key is ANY_FILE:
-                if self._file_writers:
-                    return True
-                continue
-            if write and key != NAMESPACE and self._any_file_readers:
-                return True
-            for lo2, hi2, write2, _ in self._claims.get(key, ()):
-                if (write or write2) and lo < hi2 and lo2 < hi:
-                    return True
-        return False
-
-    def _claim(self, req: Request, claims: Any) -> None:
-        slot = req.index % QUEUE_CAPACITY
-        self._claimed[slot] = claims
-        for key, lo, hi, write in claims or ():
-            if key is ANY_FILE:
-                self._any_file_readers += 1
-                continue
-            if write and key != NAMESPACE:
-                self._file_writers += 1
-            self._claims.setdefault(key, []).append((lo, hi, write, slot))
-
-    def _unclaim(self, req: Request) -> None:
-        slot = req.index % QUEUE_CAPACITY
-        claims = self._claimed[slot]
-        if claims is None:
-            return
-        self._claimed[slot] = None
-        for key, _, _, write in claims:
-            if key is ANY_FILE:
-                self._any_file_readers -= 1
-                continue
-            if write and key != NAMESPACE:
-                self._file_writers -= 1
-            held = self._claims[key]
-            held[:] = [c for c in held if c[3] != slot]
-            if not held:
-                del self._claims[key]
 
     def flush(self) -> None:
         """The barrier: wait until every request on the ring has completed."""
@@ -472,7 +412,7 @@ class Engine:
     def _complete(self, req: Request, trigger: int) -> None:
         if req.state == SUBMITTED:
             self.in_flight -= 1
-            self._unclaim(req)
+            self.ordering.release(req.index % QUEUE_CAPACITY)
         fire(req, trigger)
         req.steps = None
         self.write_completion(req)

@@ -17,7 +17,15 @@ from typing import Any
 
 from vmfs import paths
 from vmfs.handles import HandleTable, Listing, OpenDirectory, OpenFile
+from vmfs.ordering import (
+    NAMESPACE_READ,
+    NAMESPACE_WRITE,
+    STAT_CLAIMS,
+    WHOLE_FILE,
+    Claim,
+)
 from vmfs.paths import RESOLVE, PathRefused, status_of
+from vmfs.request import Request, Steps
 from vmfs.shm import Share
 from vmfs.uring import (
     AT_EMPTY_PATH,
@@ -50,7 +58,6 @@ from vmfs.wire import (
 
 log = logging.getLogger("vmfs.ops")
 
-Steps = Generator[tuple[Any, ...], int, None]
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 MAX_FILE_OFFSET = 1 << 63
@@ -58,54 +65,12 @@ OPEN_BASE = os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 ACCESS_TO_LINUX = {0: os.O_RDONLY, 1: os.O_WRONLY, 2: os.O_RDWR}
 
 
-NAMESPACE = "namespace"
-ANY_FILE = "any-file"
-WHOLE_FILE = 1 << 64
-Claim = tuple[Any, int, int, bool]  # (object, first byte, end byte, writes?)
-NAMESPACE_READ: tuple[Claim, ...] = ((NAMESPACE, 0, 1, False),)
-NAMESPACE_WRITE: tuple[Claim, ...] = ((NAMESPACE, 0, 1, True),)
-STAT_CLAIMS: tuple[Claim, ...] = ((NAMESPACE, 0, 1, False), (ANY_FILE, 0, WHOLE_FILE, False))
 NAME_COMMANDS = frozenset(
     {Command.RENAME, Command.FILE_REMOVE, Command.DIR_CREATE, Command.DIR_REMOVE}
 )
 HANDLE_ONLY_COMMANDS = frozenset(
     {Command.DIR_READ, Command.DIR_SEEK, Command.DIR_TELL, Command.DIR_CLOSE}
 )
-
-
-class Request:
-    """One command's life in the driver; preallocated per queue slot and reused."""
-
-    __slots__ = (
-        "cmd",
-        "data",
-        "id",
-        "index",
-        "keep",
-        "params",
-        "started",
-        "state",
-        "status",
-        "steps",
-        "synchronous",
-    )
-
-    def __init__(self) -> None:
-        self.index = 0
-        self.id = 0
-        self.cmd = 0
-        self.params: tuple[int, ...] = ()
-        self.state = 0
-        self.status = 0
-        self.data = 0
-        self.steps: Steps | None = None
-        self.keep: Any = None
-        self.started = 0
-        self.synchronous = False
-
-    def finish(self, status: Status | int, data: int = 0) -> None:
-        self.status = int(status)
-        self.data = data if status == Status.SUCCESS else 0
 
 
 class Operations:

@@ -217,6 +217,38 @@ def buffer_ok(offset: int, size: int, share_size: int) -> bool:
     return size > 0 and offset < share_size and size <= share_size - offset
 
 
+def batch_limit(
+    head: int, next_take: int, tail: int, cmpl_tail: int, cmpl_head: int, outstanding: int
+) -> tuple[int, str | None]:
+    """How many commands a server may take now, and what is wrong with the indices if anything.
+
+    `head` is the lowest command not yet answered and published, `next_take` the next one to
+    take, `tail` the client's command tail; `cmpl_tail` the next completion to write,
+    `cmpl_head` the client's completion head, `outstanding` taken but not yet written. A queue
+    more than 511 ahead, or a tail moved back, is corrupt (treated as empty); a completion queue
+    more than 511 ahead is corrupt (treated as full). Never take a command without a completion
+    slot for it, nor past the 2^64 wrap while the other side of it is live (PROTOCOL.md 2.3).
+    """
+    queued = (tail - head) & U64_MASK
+    waiting = (tail - next_take) & U64_MASK
+    if queued > QUEUE_CAPACITY or waiting > queued:
+        return 0, f"command queue corrupt (head {head}, tail {tail}); ignoring it"
+    if next_take < head:
+        # Taking crossed 2^64 before publishing did: index mod 511 of the two sides of the
+        # wrap collide (2^64 - 2 and 0 share a slot), so wait until the older side is done.
+        return 0, None
+    unconsumed = (cmpl_tail - cmpl_head) & U64_MASK
+    if unconsumed > QUEUE_CAPACITY:
+        return 0, f"completion queue corrupt (head {cmpl_head}); treating it as full"
+    if cmpl_tail < cmpl_head:
+        free = 0  # written across 2^64, not yet consumed across it: slots would collide
+    else:
+        free = min(QUEUE_CAPACITY - unconsumed - outstanding, (1 << 64) - cmpl_tail - outstanding)
+    if waiting and free <= 0 and not outstanding:
+        return 0, f"completion queue full; {waiting} commands wait for the client to consume"
+    return max(0, min(waiting, free, (1 << 64) - next_take)), None
+
+
 def build_command(cmd_id: int, cmd_type: int, params: bytes = b"") -> bytes:
     """A whole 64-byte command message (used by clients and tests)."""
     return CommandMessage.build({"id": cmd_id, "type": cmd_type, "params": params.ljust(48, b"\0")})
