@@ -1,7 +1,7 @@
 """The client session the demo and the tests run from the host, written against the protocol.
 
-`ProtocolClient` is the smallest client that works over any `vmfs.uio.ClientTransport`:
-commands are pushed with `vmfs.wire` helpers, completions matched by id. `fs_session` is what a
+`ProtocolClient` is `vmfs.client.Client` over any `vmfs.uio.ClientTransport`, with fresh ids
+and every answer kept for exactly-once checks. `fs_session` is what a
 LionsOS program does with a real driver; `echo_session` is what the stand-in driver can answer
 (it returns SUCCESS with data 0 for everything), and checks only the transport guarantees.
 """
@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Any
 
 from vmfs import wire
-from vmfs.uio import ClientTransport, SharedIndexWords
+from vmfs.client import Client, Completion
+from vmfs.uio import ClientTransport
 from vmfs.wire import Command, OpenFlags, Status
 
 # Where the session puts things in the data share.
@@ -29,72 +30,57 @@ class SessionError(Exception):
     """A command's answer was not what the session expected."""
 
 
-@dataclass
-class Result:
-    status: int
-    data: int
+class ProtocolClient(Client):
+    """`vmfs.client.Client` for sessions: fresh ids, every answer kept, each call logged.
 
-
-class ProtocolClient:
-    """Pipelined client: `submit` returns an id, `result` waits for that id's completion."""
+    `submit` never reuses an id, and `result` leaves the completion in `answers`, so a session
+    can check afterwards that each id was answered exactly once.
+    """
 
     def __init__(self, transport: ClientTransport, log: Callable[[str], None] = print) -> None:
+        super().__init__(transport, timeout=60.0)
         self.t = transport
-        self.commands = wire.QueueView(transport.command, SharedIndexWords(transport.command))
-        self.completions = wire.QueueView(
-            transport.completion, SharedIndexWords(transport.completion)
-        )
         self.next_id = 0
-        self.answers: dict[int, list[Result]] = {}
+        self.answers = self._arrived
         self.log = log
 
     def submit(self, cmd: int, params: bytes = b"", signal: bool = True) -> int:
-        """Queue one command; when the queue is full, wake the server and wait for room."""
-        cmd_id = self.next_id
+        """Queue one command under a fresh id; when the queue is full, wait for room."""
+        cmd_id = self.send(cmd, params, self.next_id)
         self.next_id += 1
-        message = wire.build_command(cmd_id, cmd, params)
-        deadline = time.monotonic() + 60.0
-        while not self.commands.push(message):
-            if time.monotonic() > deadline:
-                raise SessionError("command queue stayed full for 60 s")
-            self.t.signal()
-            self.t.wait(0.5)
-            self.drain()
         if signal:
-            self.t.signal()
+            self.signal()
         return cmd_id
 
     def drain(self) -> None:
-        while (message := self.completions.pop()) is not None:
-            cmd_id, status, data = wire.COMPLETION_FAST.unpack_from(message)
-            self.answers.setdefault(cmd_id, []).append(Result(status, data))
+        self.collect()
 
-    def result(self, cmd_id: int, timeout: float = 60.0) -> Result:
+    def result(self, cmd_id: int, timeout: float = 60.0) -> Completion:
+        """The first completion for `cmd_id` (kept in `answers`)."""
         deadline = time.monotonic() + timeout
-        self.drain()
-        while cmd_id not in self.answers:
+        while True:
+            self.collect()
+            if self.answers.get(cmd_id):
+                return self.answers[cmd_id][0]
             left = deadline - time.monotonic()
             if left <= 0:
                 raise SessionError(f"no completion for id {cmd_id} within {timeout} s")
             self.t.wait(min(left, 1.0))  # re-check the queue even without a doorbell
-            self.drain()
-        return self.answers[cmd_id][0]
 
-    def call(self, cmd: Command, expect: Status | None = Status.SUCCESS, **fields: int) -> int:
+    def call(  # type: ignore[override]
+        self, cmd: Command, expect: Status | None = Status.SUCCESS, **fields: Any
+    ) -> int:
         """Send one command and wait for it; check its status; return its data."""
         started = time.monotonic()
         res = self.result(self.submit(cmd, wire.build_params(cmd, **fields)))
         ms = (time.monotonic() - started) * 1000
-        status = Status(res.status) if res.status < wire.NUM_STATUSES else res.status
-        self.log(
-            f"  {cmd.name:<14} -> {getattr(status, 'name', status)} data={res.data} ({ms:.1f} ms)"
-        )
+        self.log(f"  {cmd.name:<14} -> {res} ({ms:.1f} ms)")
         if expect is not None and res.status != expect:
-            raise SessionError(f"{cmd.name}: expected {expect.name}, got {status}")
+            raise SessionError(f"{cmd.name}: expected {expect.name}, got {res}")
         return res.data
 
-    def put(self, offset: int, data: bytes) -> dict[str, int]:
-        """Place bytes in the share; return them as a buffer descriptor."""
+    def put(self, offset: int, data: bytes) -> dict[str, int]:  # type: ignore[override]
+        """Place bytes at a fixed offset of the share; return them as a buffer descriptor."""
         self.t.data[offset : offset + len(data)] = data
         return {"offset": offset, "size": len(data)}
 
