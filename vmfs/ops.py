@@ -218,20 +218,26 @@ class Operations(DirectoryCommands):
         res = yield (IORING_OP_CLOSE, entry.fd)
         req.finish(Status.SUCCESS if res >= 0 else Status.ERROR)
 
-    def file_read(self, req: Request) -> Steps:
+    def _transfer_handle(self, req: Request, writing: bool) -> OpenFile | None:
+        """FILE_READ/FILE_WRITE checks in protocol order; None (and the status set) if refused."""
         handle, position, buf_off, buf_size = req.params
+        entry = None
         if not self._buffer_ok(buf_off, buf_size):
             req.finish(Status.INVALID_BUFFER)
-            return
-        entry = self.handles.file(handle)
-        if entry is None:
+        elif (entry := self.handles.file(handle)) is None:
             req.finish(Status.INVALID_FD)
-            return
-        if not entry.readable:
-            req.finish(Status.INVALID_READ)
-            return
-        if position >= MAX_FILE_OFFSET:
+        elif not (entry.writable if writing else entry.readable):
+            req.finish(Status.INVALID_WRITE if writing else Status.INVALID_READ)
+        elif position >= MAX_FILE_OFFSET:
             req.finish(Status.ERROR)
+        else:
+            return entry
+        return None
+
+    def file_read(self, req: Request) -> Steps:
+        _, position, buf_off, buf_size = req.params
+        entry = self._transfer_handle(req, writing=False)
+        if entry is None:
             return
         # No file extends past Linux's largest offset: that far is end of file, not an error.
         buf_size = min(buf_size, MAX_FILE_OFFSET - 1 - position)
@@ -255,19 +261,9 @@ class Operations(DirectoryCommands):
         req.finish(Status.SUCCESS, done)
 
     def file_write(self, req: Request) -> Steps:
-        handle, position, buf_off, buf_size = req.params
-        if not self._buffer_ok(buf_off, buf_size):
-            req.finish(Status.INVALID_BUFFER)
-            return
-        entry = self.handles.file(handle)
+        _, position, buf_off, buf_size = req.params
+        entry = self._transfer_handle(req, writing=True)
         if entry is None:
-            req.finish(Status.INVALID_FD)
-            return
-        if not entry.writable:
-            req.finish(Status.INVALID_WRITE)
-            return
-        if position >= MAX_FILE_OFFSET:
-            req.finish(Status.ERROR)
             return
         if self.share.direct:
             view = self.share.window(buf_off, buf_size)
