@@ -3,13 +3,13 @@ driver, driven from the host through the shared RAM file, qtest interrupts and t
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from guest_helpers import booted_guest
 
 from vmfs import wire
 from vmfs.guest import REGIONS
@@ -31,30 +31,20 @@ class Guest:
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
-    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
-        pytest.skip("needs a Debian host (apt-get, dpkg) to build the arm64 guest")
-    from vmfs.guest import disk
-    from vmfs.guest.build import BuildError, build
-    from vmfs.guest.vmm import DRIVER_STANDIN, Vmm
+    from vmfs.guest.vmm import DRIVER_STANDIN
 
-    try:
-        image = build()
-    except (BuildError, OSError) as e:
-        pytest.skip(f"cannot build the arm64 guest image: {e}")
-    if shutil.which("qemu-system-aarch64") is None:
-        pytest.skip("qemu-system-aarch64 is not installed")
-    img = disk.make_fat_image(tmp_path_factory.mktemp("guest") / "disk.img")
-    disk.write_file(img, "/seed.txt", SEED)
-    vmm = Vmm(image, command=DRIVER_STANDIN, disk=img)
-    vmm.prepare()
-    try:
-        client = ProtocolClient(vmm.client_transport(), log=lambda _: None)
-        early = [client.submit(wire.Command.INITIALISE) for _ in range(3)]
-        vmm.start()
-        boot = vmm.wait_ready()
-        yield Guest(vmm, client, img, early, boot)
-    finally:
-        vmm.close()
+    def queue_initialise(client: ProtocolClient) -> list[int]:
+        return [client.submit(wire.Command.INITIALISE) for _ in range(3)]
+
+    workdir = tmp_path_factory.mktemp("guest")
+    started = time.monotonic()
+    with booted_guest(workdir, DRIVER_STANDIN, queue_initialise, seed={"/seed.txt": SEED}) as (
+        vmm,
+        client,
+        img,
+        early,
+    ):
+        yield Guest(vmm, client, img, early, time.monotonic() - started)
 
 
 def test_commands_queued_before_boot_are_served(guest: Guest) -> None:

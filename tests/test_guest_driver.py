@@ -5,7 +5,6 @@ session, powers the guest off and reads the FAT image with mtools."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from guest_helpers import booted_guest
 
 from vmfs import wire
 from vmfs.guest.session import (
@@ -40,30 +40,20 @@ class Guest:
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
-    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
-        pytest.skip("needs a Debian host (apt-get, dpkg) to build the arm64 guest")
-    from vmfs.guest import disk
-    from vmfs.guest.build import BuildError, build
-    from vmfs.guest.vmm import DRIVER_REAL, Vmm
+    from vmfs.guest.vmm import DRIVER_REAL
 
-    try:
-        image = build()
-    except (BuildError, OSError) as e:
-        pytest.skip(f"cannot build the arm64 guest image: {e}")
-    if shutil.which("qemu-system-aarch64") is None:
-        pytest.skip("qemu-system-aarch64 is not installed")
-    img = disk.make_fat_image(tmp_path_factory.mktemp("guest-driver") / "disk.img")
+    def queue_initialise(client: ProtocolClient) -> int:
+        return client.submit(Command.INITIALISE)
+
+    workdir = tmp_path_factory.mktemp("guest-driver")
     # A short back-off keeps the restart test quick; the supervisor logic is the shipped one.
-    vmm = Vmm(image, command=DRIVER_REAL, disk=img, env={"VMFS_BACKOFF": "0.2"})
-    vmm.prepare()
-    try:
-        client = ProtocolClient(vmm.client_transport(), log=lambda _: None)
-        early = client.submit(Command.INITIALISE)
-        vmm.start()
-        vmm.wait_ready()
+    with booted_guest(workdir, DRIVER_REAL, queue_initialise, env={"VMFS_BACKOFF": "0.2"}) as (
+        vmm,
+        client,
+        img,
+        early,
+    ):
         yield Guest(vmm, client, img, early)
-    finally:
-        vmm.close()
 
 
 def _stat_root(c: ProtocolClient) -> int:
