@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from vmfs.client import Client, LoopbackServer
-from vmfs.wire import Command, build_params
+from vmfs.wire import Command, Status, build_params
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_TOOLS = REPO.parent / "shared" / "tools"
@@ -154,3 +154,17 @@ def test_vmfsload_hostile_smoke(tmp_path: Path) -> None:
     summary = [line for line in run.stderr.splitlines() if line.startswith("smoke:")]
     failures = [line for line in run.stderr.splitlines() if line.startswith("FAIL")]
     assert run.returncode == 0 and summary and " 0 failed" in summary[-1], failures or run.stderr
+
+
+def test_sigusr1_prints_counters_and_keeps_serving(client: Client, server: LoopbackServer) -> None:
+    assert client.mkdir("/counted").ok
+    assert client.stat("/nope")[0].status == Status.NO_FILE
+    assert server.process is not None
+    server.process.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 5
+    while "DIR_CREATE: SUCCESS=1" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = server.log()
+    assert "DIR_CREATE: SUCCESS=1" in log and "STAT: NO_FILE=1" in log
+    assert "latency" in log and "batch sizes" in log
+    assert client.stat("/counted")[0].ok and server.process.poll() is None
