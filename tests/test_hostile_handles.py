@@ -32,7 +32,7 @@ from vmfs import fsm, uring
 from vmfs.client import Client, LoopbackServer
 from vmfs.handles import HandleTable
 from vmfs.ops import Operations
-from vmfs.uio import Share
+from vmfs.shm import Share
 from vmfs.wire import QUEUE_REGION_SIZE, Command, QueueView, Status
 
 SUCCESS, INVALID_FD, TOO_MANY_OPEN_FILES = 0, 4, 8

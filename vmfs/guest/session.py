@@ -1,7 +1,7 @@
 """The client session the demo and the tests run from the host, written against the protocol.
 
-`ProtocolClient` is `vmfs.client.Client` over any `vmfs.uio.ClientTransport`, with fresh ids
-and every answer kept for exactly-once checks. `fs_session` is what a
+`ProtocolClient` is `vmfs.client.Client` over any client transport, with fresh ids and every
+answer kept for exactly-once checks. `fs_session` is what a
 LionsOS program does with a real driver; `echo_session` is what the stand-in driver can answer
 (it returns SUCCESS with data 0 for everything), and checks only the transport guarantees.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from vmfs import wire
 from vmfs.client import Client, Completion
-from vmfs.uio import ClientTransport
+from vmfs.client_transport import ClientTransport
 from vmfs.wire import Command, OpenFlags, Status
 
 # Where the session puts things in the data share.

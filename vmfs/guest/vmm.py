@@ -304,7 +304,7 @@ class GuestError(Exception):
 
 
 class GuestClientTransport:
-    """`vmfs.uio.ClientTransport` for a client on the host talking to the driver in the guest.
+    """A `ClientTransport` for a client on the host talking to the driver in the guest.
 
     The regions are views of the shared RAM file at `phys - RAM_BASE`. `signal` injects the
     command IRQ edge; `wait` polls the fault byte (plain RAM here, so the doorbell store is not
