@@ -1,0 +1,125 @@
+/* File-system calls done at once: confined opens, statx, and the fast-lane read/write/STAT
+  kernels (part of vmfs._native; see vmfs/_native_build.py). */
+
+static int vmfs_openat2(int dfd, const char *path, uint64_t flags, uint64_t mode,
+                        uint64_t resolve) {
+    struct open_how how;
+    long ret;
+    memset(&how, 0, sizeof how);
+    how.flags = flags;
+    how.mode = mode;
+    how.resolve = resolve;
+    do {
+        ret = syscall(SYS_openat2, dfd, path, &how, sizeof how);
+    } while (ret < 0 && (errno == EINTR || errno == EAGAIN));
+    return ret < 0 ? -errno : (int)ret;
+}
+
+/* One attempt, EAGAIN included: with RESOLVE_CACHED it means "not in the dcache, use io_uring". */
+static int vmfs_openat2_once(int dfd, const char *path, uint64_t flags, uint64_t mode,
+                             uint64_t resolve) {
+    struct open_how how;
+    long ret;
+    memset(&how, 0, sizeof how);
+    how.flags = flags;
+    how.mode = mode;
+    how.resolve = resolve;
+    do {
+        ret = syscall(SYS_openat2, dfd, path, &how, sizeof how);
+    } while (ret < 0 && errno == EINTR);
+    return ret < 0 ? -errno : (int)ret;
+}
+
+static int vmfs_statx(int dfd, const char *path, int flags, unsigned mask, struct statx *out) {
+    return statx(dfd, path, flags, mask, out) < 0 ? -errno : 0;
+}
+
+/* The filesystem type of an open file (statfs f_type), to pick how its I/O is performed. */
+static long vmfs_fs_magic(int fd) {
+    struct statfs s;
+    return fstatfs(fd, &s) < 0 ? -errno : (long)s.f_type;
+}
+
+/* FILE_READ's loop in one call: read until n bytes or end of file; the count, or -errno when
+   nothing was read. With RWF_NOWAIT, data not in the page cache gives -EAGAIN even after a
+   partial read, so the caller redoes the whole read through io_uring (reads are idempotent). */
+static long vmfs_pread_full(int fd, char *buf, size_t n, uint64_t pos, int flags) {
+    size_t done = 0;
+    while (done < n) {
+        size_t want = n - done > 0x7ffff000 ? 0x7ffff000 : n - done;
+        struct iovec iov = { buf + done, want };
+        ssize_t r = preadv2(fd, &iov, 1, (off_t)(pos + done), flags);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN && (flags & RWF_NOWAIT)) return -EAGAIN;
+            if (done) break;
+            return -errno;
+        }
+        if (r == 0) break;
+        done += (size_t)r;
+    }
+    return (long)done;
+}
+
+/* FILE_WRITE's loop: the count written (short only after an error), or -errno if none. */
+static long vmfs_pwrite_full(int fd, const char *buf, size_t n, uint64_t pos) {
+    size_t done = 0;
+    while (done < n) {
+        size_t want = n - done > 0x7ffff000 ? 0x7ffff000 : n - done;
+        ssize_t r = pwrite(fd, buf + done, want, (off_t)(pos + done));
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            if (done) break;
+            return -errno;
+        }
+        if (r == 0) {
+            if (done) break;
+            return -EIO;
+        }
+        done += (size_t)r;
+    }
+    return (long)done;
+}
+
+/* The same through a private buffer, for a share in device memory (PROTOCOL 2.7). */
+static long vmfs_pread_bounce(int fd, char *bounce, char *share, size_t n, uint64_t pos,
+                              int flags) {
+    long r = vmfs_pread_full(fd, bounce, n, pos, flags);
+    if (r > 0) vmfs_copy_aligned(share, bounce, (size_t)r);
+    return r;
+}
+
+static long vmfs_pwrite_bounce(int fd, char *bounce, const char *share, size_t n, uint64_t pos) {
+    vmfs_copy_aligned(bounce, share, n);
+    return vmfs_pwrite_full(fd, bounce, n, pos);
+}
+
+/* STAT in one call: resolve confined (openat2 O_PATH), statx, close, and fill the 17 u64 of the
+   protocol's stat record (PROTOCOL 3.6) in out. 0, or -errno of the failing step. */
+static int vmfs_stat_record(int dfd, const char *path, uint64_t resolve, uint64_t *out) {
+    struct statx sx;
+    int fd = vmfs_openat2(dfd, path, O_PATH | O_CLOEXEC, 0, resolve);
+    int ret;
+    if (fd < 0) return fd;
+    ret = statx(fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS, &sx) < 0 ? -errno : 0;
+    close(fd);
+    if (ret < 0) return ret;
+    out[0] = makedev(sx.stx_dev_major, sx.stx_dev_minor);
+    out[1] = sx.stx_ino;
+    out[2] = sx.stx_mode;
+    out[3] = sx.stx_nlink;
+    out[4] = sx.stx_uid;
+    out[5] = sx.stx_gid;
+    out[6] = makedev(sx.stx_rdev_major, sx.stx_rdev_minor);
+    out[7] = sx.stx_size;
+    out[8] = sx.stx_blksize;
+    out[9] = sx.stx_blocks;
+    out[10] = (uint64_t)sx.stx_atime.tv_sec;
+    out[11] = (uint64_t)sx.stx_mtime.tv_sec;
+    out[12] = (uint64_t)sx.stx_ctime.tv_sec;
+    out[13] = sx.stx_atime.tv_nsec;
+    out[14] = sx.stx_mtime.tv_nsec;
+    out[15] = sx.stx_ctime.tv_nsec;
+    out[16] = sx.stx_blocks * 512;
+    return 0;
+}
