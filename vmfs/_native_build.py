@@ -1,7 +1,7 @@
 """cffi (API mode) build of vmfs._native: liburing, openat2, and shared-memory primitives.
 
 Built at install time against the system's liburing headers (Debian: liburing-dev). The C
-helpers in vmfs/native/ exist so one Python call does one whole step (prep + tag, reap a batch,
+helpers in csrc/ exist so one Python call does one whole step (prep + tag, reap a batch,
 a whole read), and so index words and device memory get the access widths and memory ordering
 the protocol requires. CDEF below is what Python sees of them.
 """
@@ -97,7 +97,7 @@ long vmfs_pwrite_bounce(int fd, char *bounce, const char *share, size_t n, uint6
 int vmfs_stat_record(int dfd, const char *path, uint64_t resolve, uint64_t *out);
 """
 
-NATIVE_DIR = Path(__file__).resolve().parent / "native"
+NATIVE_DIR = Path(__file__).resolve().parent.parent / "csrc"
 NATIVE_PARTS = ("ring.c", "shm.c", "files.c", "mount.c")  # in dependency order
 
 PRELUDE = r"""
