@@ -207,3 +207,25 @@ def test_corrupt_command_queue_is_treated_as_empty(corrupt_tail: int) -> None:
     engine = fsm.Engine(cmdq, cmplq, FakeOps([]), None, lambda call: 0, lambda: True)
     assert engine.pump() is False
     assert cmplq.tail == 0 and cmdq.head == 0
+
+
+@given(batch=st.lists(ops_strategy, min_size=1, max_size=30))
+@settings(max_examples=40, deadline=None)
+def test_device_memory_slot_copies_give_identical_queues(batch: list[Any]) -> None:
+    """Parsing from aligned private copies of the slots (device memory) changes nothing."""
+    regions = []
+    for device_memory in (False, True):
+        cmdq = QueueView(memoryview(bytearray(QUEUE_REGION_SIZE)))
+        cmplq = QueueView(memoryview(bytearray(QUEUE_REGION_SIZE)))
+        for i, (kind, key, first, length) in enumerate(batch):
+            params = b"".join(v.to_bytes(8, "little") for v in (key, first, 0, length))
+            cmdq.push(build_command(7000 + i, KIND_TYPE[kind], params))
+        engine = fsm.Engine(
+            cmdq, cmplq, FakeOps([]), None, lambda call: 0, lambda: True,
+            device_memory=device_memory,
+        )  # fmt: skip
+        engine.pump()
+        assert (engine.command_slots is not None) == device_memory
+        regions.append(bytes(cmplq.region))
+    assert regions[0] == regions[1]
+    assert regions[0][64:72] == (7000).to_bytes(8, "little")

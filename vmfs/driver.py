@@ -85,7 +85,7 @@ class Driver:
         )
         fast = None
         if options.fast_path:
-            lane = fastpath.FastLane(self.ops, self.ring is not None, transport.command)
+            lane = fastpath.FastLane(self.ops, self.ring is not None)
             fast = lane.handlers
         try_now = None
         if options.fast_path and self.ring is not None:
@@ -102,6 +102,7 @@ class Driver:
             inline_ops=frozenset(inline),
             fast=fast,
             try_now=try_now,
+            device_memory=not self.share.direct,
         )
         if options.fast_path:
             lane.attach(self.engine)

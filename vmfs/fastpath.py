@@ -69,18 +69,17 @@ class EngineLike(Protocol):
     journal: Any
 
 
-Handler = Callable[[Request, int], bool]
+Handler = Callable[[Request, Any, int], bool]
 
 
 class FastLane:
     """Answers well-formed FILE_READ / FILE_WRITE / STAT in one native call each."""
 
-    def __init__(self, ops: Operations, ring_available: bool, region: Any) -> None:
+    def __init__(self, ops: Operations, ring_available: bool) -> None:
         self.ops = ops
         self.handles = ops.handles
         self.share = ops.share
         self.size = ops.share.size
-        self.region = region
         self.base = ffi.cast("char *", ffi.from_buffer(ops.share.view))
         self.direct = ops.share.direct
         self.bounce = None if self.direct else ffi.new("char[]", BOUNCE_SIZE)
@@ -106,8 +105,8 @@ class FastLane:
             self.modes[dev] = mode
         return mode
 
-    def file_read(self, req: Request, off: int) -> bool:
-        handle, position, buf_off, size = params = READ_PARAMS.unpack_from(self.region, off + 16)
+    def file_read(self, req: Request, message: Any, off: int) -> bool:
+        handle, position, buf_off, size = params = READ_PARAMS.unpack_from(message, off + 16)
         if not 0 < size <= self.size - buf_off or buf_off >= self.size:
             return False
         entry = self.handles.file(handle)  # a live handle also means "initialised"
@@ -143,8 +142,8 @@ class FastLane:
         req.data = done
         return True
 
-    def file_write(self, req: Request, off: int) -> bool:
-        handle, position, buf_off, size = params = WRITE_PARAMS.unpack_from(self.region, off + 16)
+    def file_write(self, req: Request, message: Any, off: int) -> bool:
+        handle, position, buf_off, size = params = WRITE_PARAMS.unpack_from(message, off + 16)
         if not 0 < size <= self.size - buf_off or buf_off >= self.size:
             return False
         entry = self.handles.file(handle)
@@ -176,10 +175,8 @@ class FastLane:
         req.data = done
         return True
 
-    def stat(self, req: Request, off: int) -> bool:
-        path_off, path_size, buf_off, buf_size = params = STAT_PARAMS.unpack_from(
-            self.region, off + 16
-        )
+    def stat(self, req: Request, message: Any, off: int) -> bool:
+        path_off, path_size, buf_off, buf_size = params = STAT_PARAMS.unpack_from(message, off + 16)
         share_size = self.size
         if not 0 < path_size <= 4096 or path_off >= share_size or path_size > share_size - path_off:
             return False

@@ -27,6 +27,7 @@ from vmfs.journal import WRITTEN
 from vmfs.ordering import InFlight
 from vmfs.paths import PathRefused, status_of
 from vmfs.request import Request
+from vmfs.shm import DeviceSlots
 from vmfs.stats import Counters
 from vmfs.wire import (
     COMPLETION_FAST,
@@ -208,6 +209,7 @@ class Engine:
         inline_ops: frozenset[int] = frozenset(),
         fast: list[Any] | None = None,
         try_now: Callable[[tuple[Any, ...]], int | None] | None = None,
+        device_memory: bool = False,
     ) -> None:
         self.cmdq = commands
         self.cmplq = completions
@@ -228,6 +230,9 @@ class Engine:
         self.outstanding = 0  # taken, not yet written
         self.in_flight = 0  # requests with a call on the ring
         self.ordering = InFlight(len(self.slots))
+        # Queue regions in device memory are read and written only by aligned slot copies.
+        self.command_slots = DeviceSlots(commands.region) if device_memory else None
+        self.completion_slots = DeviceSlots(completions.region) if device_memory else None
         self.tap: Callable[[str, Request], None] | None = None
         queued = (commands.tail - self.head) & U64_MASK
         self._recovering = queued if journal is not None and queued <= QUEUE_CAPACITY else 0
@@ -253,6 +258,7 @@ class Engine:
         """One batch: take, start, submit, reap, publish. True if anything happened."""
         took = self.takeable()
         region = self.cmdq.region
+        device_slots = self.command_slots
         slots = self.slots
         fast = self.fast if self.tap is None else _NO_FAST
         clock = time.perf_counter_ns
@@ -261,7 +267,11 @@ class Engine:
             slot = index % QUEUE_CAPACITY
             req = slots[slot]
             off = QUEUE_HEADER_SIZE + slot * MESSAGE_SIZE
-            req.id, cmd = MESSAGE_HEADER.unpack_from(region, off)
+            if device_slots is not None:
+                message, moff = device_slots.read(off), 0
+            else:
+                message, moff = region, off
+            req.id, cmd = MESSAGE_HEADER.unpack_from(message, moff)
             req.cmd = cmd
             req.index = index
             self.next_take = (index + 1) & U64_MASK
@@ -275,18 +285,19 @@ class Engine:
                     self._recover(req, entry)
                     continue
             handler = fast[cmd] if cmd < NUM_COMMANDS else None
-            if handler is not None and handler(req, off):
+            if handler is not None and handler(req, message, moff):
                 req.state = _ANSWERED
                 self.write_completion(req)
                 continue
-            self.dispatch(req, off)
+            self.dispatch(req, message, moff)
         if took:
             self.counters.batch(took)
         reaped = self.reap_ready()
         published = self.publish()
         return bool(took or reaped or published)
 
-    def dispatch(self, req: Request, off: int) -> None:
+    def dispatch(self, req: Request, message: Any, off: int) -> None:
+        """Start one command parsed from `message` (the slot, or its private copy) at `off`."""
         cmd = req.cmd
         if self.tap:
             self.tap("take", req)
@@ -296,7 +307,7 @@ class Engine:
         if not self.initialised() and cmd > Command.DEINITIALISE:
             self._answer(req, Status.ERROR, T["answer"])
             return
-        params = FAST_PARAMS[cmd].unpack_from(self.cmdq.region, off + 16)
+        params = FAST_PARAMS[cmd].unpack_from(message, off + 16)
         req.params = params
         if self.journal:
             self.journal.started(req.index)
@@ -420,8 +431,12 @@ class Engine:
     def write_completion(self, req: Request) -> None:
         index = self.cmpl_tail
         off = QUEUE_HEADER_SIZE + (index % QUEUE_CAPACITY) * MESSAGE_SIZE
-        region = self.cmplq.region
-        _COMPLETION_SLOT.pack_into(region, off, req.id, req.status, req.data)  # zeros the rest
+        device_slots = self.completion_slots
+        if device_slots is None:
+            _COMPLETION_SLOT.pack_into(self.cmplq.region, off, req.id, req.status, req.data)
+        else:
+            _COMPLETION_SLOT.pack_into(device_slots.buffer, 0, req.id, req.status, req.data)
+            device_slots.write(off)
         self.cmpl_tail = (index + 1) & U64_MASK
         self.outstanding -= 1
         if self.journal:

@@ -68,3 +68,30 @@ class Share:
     def window(self, offset: int, size: int) -> memoryview:
         """A view of the share for the kernel to read or fill (only when `direct`)."""
         return self.view[offset : offset + size]
+
+
+class DeviceSlots:
+    """Whole 64-byte queue slots copied between device memory and one private buffer.
+
+    On device memory the driver must not let Python's struct module (memcpy underneath) touch
+    the region: each command is copied out once with aligned word accesses and parsed from the
+    copy, and each completion is built privately and copied in the same way.
+    """
+
+    SLOT = 64
+
+    def __init__(self, region: memoryview) -> None:
+        self._base = ffi.cast("char *", ffi.from_buffer(region))
+        self._keep = region
+        self.buffer = bytearray(self.SLOT)
+        self._buffer = ffi.from_buffer(self.buffer)
+        self._copy = lib.vmfs_copy_aligned
+
+    def read(self, offset: int) -> bytearray:
+        """The slot at `offset`, copied into the private buffer (valid until the next read)."""
+        self._copy(self._buffer, self._base + offset, self.SLOT)
+        return self.buffer
+
+    def write(self, offset: int) -> None:
+        """Copy the private buffer into the slot at `offset`."""
+        self._copy(self._base + offset, self._buffer, self.SLOT)
