@@ -91,6 +91,8 @@ class Operations(DirectoryCommands):
         self._initialise = initialise
         self._deinitialise = deinitialise
         self.opening = 0  # FILE_OPENs between their table check and taking their handle
+        self._nodev_checked_for: int | None = None
+        self._special_possible = False
         self.table: dict[int, Callable[[Request], Steps]] = {
             Command.INITIALISE: self.initialise,
             Command.DEINITIALISE: self.deinitialise,
@@ -151,6 +153,20 @@ class Operations(DirectoryCommands):
         wait for them, or it could take a handle an earlier open is refused for."""
         return bool(self.opening) and len(self.handles) + self.opening >= self.handles.limit
 
+    def _special_files_possible(self) -> bool:
+        """Whether the served root may hold device nodes that open (its mount lacks nodev).
+
+        Block mode mounts nodev, so there the kernel refuses device access by itself; a
+        directory root usually is not, and FILE_OPEN must look before it opens.
+        """
+        root = self._root()
+        if root != self._nodev_checked_for:
+            self._nodev_checked_for = root
+            self._special_possible = root is not None and not (
+                os.fstatvfs(root).f_flag & os.ST_NODEV
+            )
+        return self._special_possible
+
     # -- helpers ------------------------------------------------------------------------------
 
     def _path(self, offset: int, size: int) -> bytes:
@@ -187,6 +203,11 @@ class Operations(DirectoryCommands):
             req.finish(Status.TOO_MANY_OPEN_FILES)
             return
         create = bool(flags & CREATE_FLAG)
+        if self._special_files_possible():
+            refused = not_a_regular_file(self._root(), relative)
+            if refused is not None:
+                req.finish(refused)
+                return
         linux_flags = OPEN_BASE | ACCESS_TO_LINUX[access] | (os.O_CREAT if create else 0)
         mode = FILE_MODE if create else 0  # openat2 refuses a mode without O_CREAT
         self.opening += 1
@@ -408,6 +429,23 @@ class Operations(DirectoryCommands):
             os.close(source[0])
             os.close(target[0])
         req.finish(Status.SUCCESS if res >= 0 else status_of(-res, names_created=True))
+
+
+def not_a_regular_file(root: int | None, relative: bytes) -> Status | None:
+    """Look at what FILE_OPEN would open, without opening it: a device node, FIFO or socket
+    must never be opened (opening some devices acts on them). None means go ahead.
+
+    The client cannot create such files through the protocol, and FILE_OPEN's namespace claim
+    keeps other commands from renaming between this look and the open.
+    """
+    fd = paths.openat2_sync(root, relative, os.O_PATH | os.O_CLOEXEC, 0, RESOLVE)
+    if fd < 0:
+        return None  # missing (CREATE makes a regular file) or refused: the open reports it
+    try:
+        is_regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+    return None if is_regular else Status.ERROR
 
 
 def stat_record(sx: Any) -> bytes:
