@@ -204,7 +204,7 @@ class Operations(DirectoryCommands):
             return
         create = bool(flags & CREATE_FLAG)
         if self._special_files_possible():
-            refused = not_a_regular_file(self._root(), relative)
+            refused = paths.not_a_regular_file(self._root(), relative)
             if refused is not None:
                 req.finish(refused)
                 return
@@ -429,23 +429,6 @@ class Operations(DirectoryCommands):
             os.close(source[0])
             os.close(target[0])
         req.finish(Status.SUCCESS if res >= 0 else status_of(-res, names_created=True))
-
-
-def not_a_regular_file(root: int | None, relative: bytes) -> Status | None:
-    """Look at what FILE_OPEN would open, without opening it: a device node, FIFO or socket
-    must never be opened (opening some devices acts on them). None means go ahead.
-
-    The client cannot create such files through the protocol, and FILE_OPEN's namespace claim
-    keeps other commands from renaming between this look and the open.
-    """
-    fd = paths.openat2_sync(root, relative, os.O_PATH | os.O_CLOEXEC, 0, RESOLVE)
-    if fd < 0:
-        return None  # missing (CREATE makes a regular file) or refused: the open reports it
-    try:
-        is_regular = stat.S_ISREG(os.fstat(fd).st_mode)
-    finally:
-        os.close(fd)
-    return None if is_regular else Status.ERROR
 
 
 def stat_record(sx: Any) -> bytes:

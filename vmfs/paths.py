@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 from vmfs.uring import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2_sync
 from vmfs.wire import MAX_NAME_LENGTH, MAX_PATH_LENGTH, Status
@@ -65,6 +66,23 @@ def resolves_to_root(root_fd: int, relative: bytes) -> bool:
         return (st.st_dev, st.st_ino) == (root.st_dev, root.st_ino)
     finally:
         os.close(fd)
+
+
+def not_a_regular_file(root: int | None, relative: bytes) -> Status | None:
+    """Look at what FILE_OPEN would open, without opening it: a device node, FIFO or socket
+    must never be opened (opening some devices acts on them). None means go ahead.
+
+    The client cannot create such files through the protocol, and FILE_OPEN's namespace claim
+    keeps other commands from renaming between this look and the open.
+    """
+    fd = openat2_sync(root, relative, os.O_PATH | os.O_CLOEXEC, 0, RESOLVE)
+    if fd < 0:
+        return None  # missing (CREATE makes a regular file) or refused: the open reports it
+    try:
+        is_regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+    return None if is_regular else Status.ERROR
 
 
 _BASE = {
