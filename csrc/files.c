@@ -1,20 +1,6 @@
 /* File-system calls done at once: confined opens, statx, and the fast-lane read/write/STAT
   kernels (part of vmfs._native; see vmfs/_native_build.py). */
 
-static int vmfs_openat2(int dfd, const char *path, uint64_t flags, uint64_t mode,
-                        uint64_t resolve) {
-    struct open_how how;
-    long ret;
-    memset(&how, 0, sizeof how);
-    how.flags = flags;
-    how.mode = mode;
-    how.resolve = resolve;
-    do {
-        ret = syscall(SYS_openat2, dfd, path, &how, sizeof how);
-    } while (ret < 0 && (errno == EINTR || errno == EAGAIN));
-    return ret < 0 ? -errno : (int)ret;
-}
-
 /* One attempt, EAGAIN included: with RESOLVE_CACHED it means "not in the dcache, use io_uring". */
 static int vmfs_openat2_once(int dfd, const char *path, uint64_t flags, uint64_t mode,
                              uint64_t resolve) {
@@ -28,6 +14,16 @@ static int vmfs_openat2_once(int dfd, const char *path, uint64_t flags, uint64_t
         ret = syscall(SYS_openat2, dfd, path, &how, sizeof how);
     } while (ret < 0 && errno == EINTR);
     return ret < 0 ? -errno : (int)ret;
+}
+
+/* openat2 until it answers: EAGAIN (a racing rename during resolution) is retried too. */
+static int vmfs_openat2(int dfd, const char *path, uint64_t flags, uint64_t mode,
+                        uint64_t resolve) {
+    int ret;
+    do {
+        ret = vmfs_openat2_once(dfd, path, flags, mode, resolve);
+    } while (ret == -EAGAIN);
+    return ret;
 }
 
 static int vmfs_statx(int dfd, const char *path, int flags, unsigned mask, struct statx *out) {

@@ -27,6 +27,7 @@ class DirectoryCommands:
     _root: Callable[[], int | None]
     _path: Callable[[int, int], bytes]
     _buffer_ok: Callable[[int, int], bool]
+    _issue_handle: Callable[[Request, OpenDirectory], None]
 
     # -- directories --------------------------------------------------------------------------
 
@@ -45,13 +46,7 @@ class DirectoryCommands:
             os.close(fd)
             req.finish(Status.ALLOCATION_ERROR)
             return
-        entry = OpenDirectory(fd, names)
-        handle = self.handles.add(entry)
-        if handle is None:
-            os.close(fd)
-            req.finish(Status.TOO_MANY_OPEN_FILES)
-            return
-        req.finish(Status.SUCCESS, handle)
+        self._issue_handle(req, OpenDirectory(fd, names))
         yield from ()
 
     def _listings_held(self) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 
 from vmfs import paths
 from vmfs.dirops import DirectoryCommands
-from vmfs.handles import HandleTable, OpenFile
+from vmfs.handles import HandleTable, OpenDirectory, OpenFile
 from vmfs.ordering import (
     NAMESPACE_READ,
     NAMESPACE_WRITE,
@@ -167,6 +167,15 @@ class Operations(DirectoryCommands):
             )
         return self._special_possible
 
+    def _issue_handle(self, req: Request, entry: OpenFile | OpenDirectory) -> None:
+        """Answer an open with a new handle for `entry`, or close its fd if the table is full."""
+        handle = self.handles.add(entry)
+        if handle is None:
+            os.close(entry.fd)
+            req.finish(Status.TOO_MANY_OPEN_FILES)
+        else:
+            req.finish(Status.SUCCESS, handle)
+
     # -- helpers ------------------------------------------------------------------------------
 
     def _path(self, offset: int, size: int) -> bytes:
@@ -223,13 +232,7 @@ class Operations(DirectoryCommands):
             os.close(fd)
             req.finish(Status.ERROR)
             return
-        entry = OpenFile(fd, access != 1, access != 0, (st.st_dev, st.st_ino))
-        handle = self.handles.add(entry)
-        if handle is None:
-            os.close(fd)
-            req.finish(Status.TOO_MANY_OPEN_FILES)
-            return
-        req.finish(Status.SUCCESS, handle)
+        self._issue_handle(req, OpenFile(fd, access != 1, access != 0, (st.st_dev, st.st_ino)))
 
     def file_close(self, req: Request) -> Steps:
         if self.handles.file(req.params[0]) is None:
