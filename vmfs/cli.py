@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmfs import __version__
+from vmfs.errors import VmfsError
 
 if TYPE_CHECKING:
     from vmfs.trace import Recorder
@@ -279,4 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("transitions").setLevel(logging.WARNING)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except VmfsError as e:
+        print(f"vmfs: error: {e}", file=sys.stderr)
+        return e.exit_code
