@@ -3,7 +3,8 @@
 The wheel is built from a copy of the checkout (so nothing the checkout has lying around, like
 an in-place `_native*.so` or `build/`, can stand in for what the wheel should carry), then
 installed into a new virtual environment outside the checkout, where `vmfs --help`, `vmfs demo`
-and the lookups `vmfs guest build` relies on must work.
+and the lookups `vmfs guest build` relies on must work. Building the wheel takes its build
+requirements (pyproject.toml) from the package index pip is configured with, as any `pip wheel`.
 """
 
 from __future__ import annotations
