@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "fs_driver_init"
+from vmfs.resources import resource_path
+
+SCRIPT = resource_path("fs_driver_init")
 SHELLS = [
     argv for argv in (["dash"], ["bash", "--posix"], ["busybox", "sh"]) if shutil.which(argv[0])
 ]
