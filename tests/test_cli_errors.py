@@ -135,6 +135,7 @@ CASES = [
     case("loopback create without dir", "loopback create", USAGE, "DIR"),
     case("loopback create on a file", "loopback create {file}", RUNTIME, "not a directory"),
     case("loopback create bad size", "loopback create {dir}/x --data-mib big", USAGE, "int"),
+    case("loopback create no data", "loopback create {dir}/x --data-mib 0", USAGE, "--data-mib"),
     # replay (the trace's contents are checked by replay itself)
     case("replay without trace", "replay", USAGE, "FILE"),
     case("replay missing trace", "replay /nonexistent.trace", RUNTIME, "/nonexistent.trace"),

@@ -102,6 +102,8 @@ def _loopback(args: argparse.Namespace) -> int:
     from vmfs.uio import TransportError, lock_config
 
     directory = Path(args.directory)
+    if args.data_mib < 1:
+        raise UsageError(f"loopback create: --data-mib must be 1 or more, not {args.data_mib}")
     if directory.exists() and not directory.is_dir():
         raise VmfsError(f"loopback create: {directory} exists and is not a directory")
     lock = None
@@ -396,3 +398,6 @@ def main(argv: list[str] | None = None) -> int:
     except VmfsError as e:
         print(f"vmfs: error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:
+        print("vmfs: interrupted", file=sys.stderr)
+        return 130
