@@ -78,7 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
         transport.close()
         raise
     try:
-        return driver.serve()
+        return driver.serve(restore_signal_handlers=False)
     finally:
         if recorder is not None:
             recorder.close()

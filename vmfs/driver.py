@@ -241,15 +241,19 @@ class Driver:
     def request_stop(self, *_: Any) -> None:
         self._stopping = True
 
-    def serve(self) -> int:
-        """Serve until stopped; finish in-flight work; leave untaken commands queued."""
-        log.info(self.describe())
+    def serve(self, *, restore_signal_handlers: bool = True) -> int:
+        """Serve until stopped; finish in-flight work; leave untaken commands queued.
+
+        A process that exits after serving passes restore_signal_handlers=False, so a second
+        SIGTERM during its cleanup (unmount, trace close) still means "stop", not "die now".
+        """
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_wakeup = signal.set_wakeup_fd(wake_w)
         handlers = {
             sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
         }
         handlers[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._report)
+        log.info(self.describe())  # only now: whoever waits for this line may signal at once
         poller = select.poll()
         irq = self.transport.fileno()
         poller.register(irq, select.POLLIN)
@@ -279,8 +283,9 @@ class Driver:
             self._unmount_on_stop()
         finally:
             signal.set_wakeup_fd(old_wakeup)
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
+            if restore_signal_handlers:
+                for sig, handler in handlers.items():
+                    signal.signal(sig, handler)
             os.close(wake_r)
             os.close(wake_w)
         log.info("stopped")
