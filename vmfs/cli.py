@@ -76,7 +76,7 @@ def _diagram(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from vmfs.replay import main as replay_main
 
-    return replay_main(args.trace, args.root, args.timeout)
+    return replay_main(args.trace, args.root, args.timeout, args.driver)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=64 * 1024,
         metavar="BYTES",
-        help="bytes kept per share buffer; longer ones keep size and SHA-256 (default 64 KiB)",
+        help="bytes kept of each output buffer (read data, stat records, names); longer ones "
+        "keep size and SHA-256; inputs are always kept whole (default 64 KiB)",
     )
     serve.set_defaults(func=_serve)
 
@@ -238,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--root", metavar="DIR", help="start from a copy of DIR instead")
     replay.add_argument(
         "--timeout", type=float, default=10.0, metavar="S", help="per-batch wait (default 10)"
+    )
+    replay.add_argument(
+        "--driver",
+        metavar="CMD",
+        help="replay against this program instead of `vmfs serve`: a command line in which {dir} "
+        "is the loopback directory and {root} the served directory, e.g. "
+        "'cvmfs --loopback {dir} --root {root}'",
     )
     replay.set_defaults(func=_replay)
 

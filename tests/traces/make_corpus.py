@@ -3,6 +3,8 @@
     .venv/bin/python tests/traces/make_corpus.py            # every trace
     .venv/bin/python tests/traces/make_corpus.py errors     # just one
 
+`v1/` keeps the corpus as first recorded in trace format version 1, which replay still reads.
+
 Each session speaks the raw protocol the way a real LionsOS client does (ids, path formats,
 buffer placement), so the traces exercise what those clients rely on (PROTOCOL.md section 6).
 """
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vmfs.client import UNIT, Client, Completion, LoopbackServer
+from vmfs.tracefile import read_trace
 from vmfs.wire import Command, build_command
 
 HERE = Path(__file__).resolve().parent
@@ -290,7 +293,7 @@ def record(name: str, out_dir: Path = HERE) -> Path:
 def main(names: list[str]) -> int:
     for name in names or list(CORPUS):
         path = record(name)
-        commands = sum(1 for line in path.read_text().splitlines() if '"t":"c"' in line)
+        commands = sum(len(s.commands) for s in read_trace(path))
         print(f"{path.relative_to(HERE.parent.parent)}: {commands} commands")
     return 0
 
