@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 import subprocess
 import sys
@@ -319,3 +320,16 @@ def test_a_restarted_driver_appends_a_session_that_replays(tmp_path: Path) -> No
     code, report = replay(trace)
     assert code == 0, report
     assert "2 session(s)" in report
+
+
+def test_bench_measures_recording_with_the_record_target(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "vmfs", "bench", "--ops", "200", "--file-mib", "1", "--json",
+         "--workloads", "write-64k", "--targets", "record", "--root", str(tmp_path / "root")],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    (result,) = json.loads(out.stdout)
+    assert result["target"] == "record" and result["ops"] > 0 and result["errors"] == 0
+    note = next(n for n in result["notes"] if n.startswith("trace "))
+    per_byte = float(note.split(", ")[-1].split()[0])
+    assert 0 < per_byte < 0.05, note  # the benchmark writes one repeated byte: it compresses

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from vmfs.errors import UsageError, VmfsError
-from vmfs.tracefile import VERSION, Blob, TraceError, encode
+from vmfs.tracefile import VERSION, Blob, Packer, TraceError, encode
 from vmfs.wire import (
     FAST_PARAMS,
     NUM_COMMANDS,
@@ -68,7 +68,7 @@ def output_length(cmd: int, status: int, data: int) -> int:
 # The starting tree.
 
 
-def snapshot(root: str | os.PathLike[str]) -> tuple[list[Any] | None, str]:
+def snapshot(root: str | os.PathLike[str], packer: Packer) -> tuple[list[Any] | None, str]:
     """The whole tree under `root` as header entries, or None (and why) when it cannot be read."""
     base = Path(root)
     total = 0
@@ -88,7 +88,8 @@ def snapshot(root: str | os.PathLike[str]) -> tuple[list[Any] | None, str]:
                 elif stat.S_ISREG(st.st_mode):
                     content = path.read_bytes()
                     total += len(content)
-                    entries.append(["f", rel, stat.S_IMODE(st.st_mode), Blob.of(0, content)])
+                    blob = Blob.of(0, content, packer=packer)
+                    entries.append(["f", rel, stat.S_IMODE(st.st_mode), blob])
     except OSError as e:
         return None, f"cannot read the served tree ({e}): replay with --root"
     return entries, f"{len(entries)} entries, {total} bytes"
@@ -146,13 +147,16 @@ class Recorder:
         self.share_size = share_size
         self.out = out
         self.cap = cap
+        self.packer = Packer()
         self.batch = 0
         self.commands = self.completions = 0
         self._new_batch = False
         self._taken: dict[int, tuple[int, list[int]]] = {}
         umask = os.umask(0)
         os.umask(umask)
-        tree, note = snapshot(root) if root else (None, "not directory mode: replay with --root")
+        tree, note = (None, "not directory mode: replay with --root")
+        if root:
+            tree, note = snapshot(root, self.packer)
         self._write(
             {
                 "vmfs_trace": VERSION,
@@ -209,7 +213,7 @@ class Recorder:
         for name in INPUT_BUFFERS.get(req.cmd, ()):
             offset, size = params[f"{name}.offset"], params[f"{name}.size"]
             if buffer_ok(offset, size, self.share_size):
-                inputs.append(Blob.of(offset, self.read(offset, size)))
+                inputs.append(Blob.of(offset, self.read(offset, size), packer=self.packer))
         if inputs:
             record["in"] = inputs
         self.commands += 1
@@ -224,7 +228,8 @@ class Recorder:
             params = fields(cmd, words)
             offset, size = params["buf.offset"], params["buf.size"]
             if buffer_ok(offset, min(n, size), self.share_size):
-                record["out"] = Blob.of(offset, self.read(offset, min(n, size)), self.cap)
+                out = self.read(offset, min(n, size))
+                record["out"] = Blob.of(offset, out, self.cap, self.packer)
         self.completions += 1
         self._write(record)
 

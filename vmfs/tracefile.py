@@ -5,7 +5,9 @@ of the buffers it names (in the order it names them) and a line end, so large pa
 neither base64 nor JSON and `head`/`grep` still show every record. A buffer is named by a descriptor
 `[share offset, size, encoding, stored length]` or, when only its head was kept,
 `[offset, size, encoding, stored length, sha256 hex of all size bytes]`; `encoding` is "r" (the
-stored bytes are the data) or "z" (zlib of the data). Records:
+stored bytes are the data) or "z" (raw deflate, RFC 1951, ending in a full flush: each such
+buffer inflates on its own, while the writer keeps one compressor for the whole file rather
+than paying zlib's set-up per buffer). Records:
 
 - Session header, written each time a driver starts recording (replay restarts its driver at
   each one): `{"vmfs_trace": 2, "share_size": N, "cap": C, "umask": U, "tree": [...] | null,
@@ -45,8 +47,9 @@ VERSION = 2
 READABLE = (1, 2)
 U64 = 1 << 64
 COMPRESS_MIN = 256  # shorter buffers are stored as they are
-PROBE = 4096  # compress a buffer only if its first PROBE bytes shrink
+PROBE = 1024  # compress a buffer only if its first PROBE bytes shrink
 PROBE_RATIO = 0.9
+RAW_DEFLATE = -15  # zlib's wbits for deflate data without a zlib header
 
 
 class TraceError(VmfsError):
@@ -64,11 +67,14 @@ class Blob:
     digest: str | None = None  # sha256 of all `size` bytes when only a head was kept
 
     @classmethod
-    def of(cls, offset: int, data: bytes, cap: int | None = None) -> Blob:
+    def of(
+        cls, offset: int, data: bytes, cap: int | None = None, packer: Packer | None = None
+    ) -> Blob:
         """Record `data` (at share `offset`), keeping its first `cap` bytes and digest if longer."""
+        pack = (packer or Packer()).pack
         if cap is None or len(data) <= cap:
-            return cls(offset, len(data), *_pack(data))
-        return cls(offset, len(data), *_pack(data[:cap]), hashlib.sha256(data).hexdigest())
+            return cls(offset, len(data), *pack(data))
+        return cls(offset, len(data), *pack(data[:cap]), hashlib.sha256(data).hexdigest())
 
     @property
     def cut(self) -> bool:
@@ -76,28 +82,41 @@ class Blob:
 
     def data(self) -> bytes:
         """The recorded bytes: all of them, or only the head of a cut buffer."""
-        if self.encoding == "r":
-            return self.stored
-        try:
-            return zlib.decompress(self.stored)
-        except zlib.error as e:
-            raise TraceError(f"a buffer at share offset {self.offset} is damaged: {e}") from e
+        data = self.stored
+        if self.encoding == "z":
+            try:
+                data = zlib.decompressobj(RAW_DEFLATE).decompress(self.stored)
+            except zlib.error as e:
+                raise TraceError(f"a buffer at share offset {self.offset} is damaged: {e}") from e
+        if len(data) != self.size and (self.digest is None or len(data) > self.size):
+            raise TraceError(
+                f"a buffer at share offset {self.offset} is damaged: {len(data)} bytes where the "
+                f"trace says {self.size}"
+            )
+        return data
 
     def descriptor(self) -> list[Any]:
         head = [self.offset, self.size, self.encoding, len(self.stored)]
         return head if self.digest is None else [*head, self.digest]
 
 
-def _pack(data: bytes) -> tuple[bytes, str]:
-    """zlib (fastest level) when it pays: a probe of the first bytes decides, so random data
-    costs one small compression, not a whole one."""
-    if len(data) >= COMPRESS_MIN:
-        probe = data[:PROBE]
-        if len(zlib.compress(probe, 1)) < PROBE_RATIO * len(probe):
-            packed = zlib.compress(data, 1)
-            if len(packed) < len(data):
-                return packed, "z"
-    return data, "r"
+class Packer:
+    """Compresses buffers for one writer: deflate at its fastest level when a probe of the first
+    bytes shrinks, so incompressible data costs one small probe, not a whole compression."""
+
+    def __init__(self) -> None:
+        self._deflate = zlib.compressobj(1, zlib.DEFLATED, RAW_DEFLATE)
+        self._probe = zlib.compressobj(1, zlib.DEFLATED, RAW_DEFLATE)
+
+    def pack(self, data: bytes) -> tuple[bytes, str]:
+        if len(data) >= COMPRESS_MIN:
+            probe = data[:PROBE]
+            probed = self._probe.compress(probe) + self._probe.flush(zlib.Z_FULL_FLUSH)
+            if len(probed) < PROBE_RATIO * len(probe):
+                packed = self._deflate.compress(data) + self._deflate.flush(zlib.Z_FULL_FLUSH)
+                if len(packed) < len(data):
+                    return packed, "z"
+        return data, "r"
 
 
 # ---------------------------------------------------------------------------------------------
