@@ -9,9 +9,11 @@ Normalisation rules (everything not listed is compared exactly):
 - Handles: the n-th handle the recording was issued stands for the n-th the replay was issued.
   FILE_OPEN/DIR_OPEN results are mapped, and the `fd` parameter of later commands is translated
   through the map before sending (values never issued, i.e. forged ones, pass unchanged).
-- Stat records: `mode` is compared; `size` and `nlink` too, except for directories (their size
-  and link count are filesystem bookkeeping); `dev`, `ino`, `rdev`, `uid`, `gid`, `blksize`,
-  `blocks`, `used` and the six time fields are ignored, as they depend on the machine and moment.
+- Stat records: `mode` is compared (only its file type when the header says `"mode_bits":
+  false`, as for a trace recorded on FAT, which keeps no permissions); `size` and `nlink` too,
+  except for directories (their size and link count are filesystem bookkeeping); `dev`, `ino`,
+  `rdev`, `uid`, `gid`, `blksize`, `blocks`, `used` and the six time fields are ignored, as they
+  depend on the machine and moment.
 - DIR_READ: the names read through one handle (until DIR_CLOSE, DIR_REWIND or the end) are
   compared as multisets, since listing order is the filesystem's own.
 - Data beyond the per-record cap is compared by size and SHA-256.
@@ -106,11 +108,14 @@ def _bytes_rows(name: str, expected: Blob, actual: bytes) -> list[Row]:
     return [(f"{name}[{at}:]", repr(want[at : at + 24]), repr(actual[at : at + 24]))]
 
 
-def _stat_rows(expected: bytes, actual: bytes) -> list[Row]:
+def _stat_rows(expected: bytes, actual: bytes, mode_bits: bool = True) -> list[Row]:
+    """Rows for the compared stat fields; without `mode_bits` only the file type of `mode`."""
     if len(expected) != STAT_SIZE:
         return [("stat record", f"{STAT_SIZE} bytes", f"{len(expected)} bytes in the trace")]
     want = dict(zip(STAT_FIELDS, STAT_FAST.unpack(expected), strict=True))
     got = dict(zip(STAT_FIELDS, STAT_FAST.unpack(actual), strict=True))
+    if not mode_bits:
+        want["mode"], got["mode"] = stat.S_IFMT(want["mode"]), stat.S_IFMT(got["mode"])
     compared = ("mode",) if stat.S_ISDIR(want["mode"]) else STAT_COMPARED
     return [
         (f"stat.{name}", oct(want[name]) if name == "mode" else str(want[name]),
@@ -163,6 +168,7 @@ class Replay:
         self.commands = self.batches = self.matched = self.mismatched = 0
         self.handles_mapped = self.stats_compared = self.listings_compared = 0
         self.unchecked = self.cut_inputs = 0
+        self.mode_bits = True
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -242,6 +248,7 @@ class Replay:
     # -- one session --------------------------------------------------------------------------
 
     def _session(self, server: LoopbackServer, session: Session) -> bool:
+        self.mode_bits = session.header.get("mode_bits", True) is not False
         handles: dict[int, int] = {}
         listings: dict[int, tuple[dict[str, Any], list[bytes], list[bytes]]] = {}
         client = server.client
@@ -348,7 +355,8 @@ class Replay:
             rows += _bytes_rows("read", expected["out"], self._output(client, record, status, data))
         elif both_ok and cmd == Command.STAT and "out" in expected:
             self.stats_compared += 1
-            rows += _stat_rows(expected["out"].data(), self._output(client, record, status, 0))
+            actual = self._output(client, record, status, 0)
+            rows += _stat_rows(expected["out"].data(), actual, self.mode_bits)
         if cmd in LISTING_ENDS and record["w"][0] in listings:
             _, names_want, names_got = listings.pop(record["w"][0])
             rows += self._listing_rows(names_want, names_got)

@@ -13,7 +13,9 @@ than paying zlib's set-up per buffer). Records:
   each one): `{"vmfs_trace": 2, "share_size": N, "cap": C, "umask": U, "tree": [...] | null,
   "tree_note": "..."}`. `tree` is the served root when recording started (directory mode):
   `["d", path, mode]` (path "" is the root itself), `["f", path, mode, descriptor]`,
-  `["l", path, target]`, parents before children; null means replay needs `--root`.
+  `["l", path, target]`, parents before children; null means replay needs `--root`. An
+  optional `"mode_bits": false` says the recorded filesystem keeps no permission bits (FAT):
+  replay then compares only the file type of stat modes.
 - Command taken: `{"t": "c", "b": batch, "i": queue index, "id": id, "c": type,
   "w": [six u64 parameter words], "in": [descriptor, ...]}`. `w` is the raw 48-byte parameter
   area, garbage included; `in` holds every input buffer (paths, write data) in full.
