@@ -160,6 +160,8 @@ def test_an_external_driver_that_exits_fails_the_replay() -> None:
     run = vmfs("replay", V2, "--driver", "sh -c 'exit 3' {dir} {root}")
     assert run.returncode == 1
     assert "the driver exited" in run.stdout and "FAILED" in run.stdout
+    total = sum(len(s.commands) for s in read_trace(V2))
+    assert f"{total - 1} commands not sent: the driver had exited" in run.stdout
     assert "Traceback" not in run.stderr
 
 

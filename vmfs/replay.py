@@ -207,7 +207,8 @@ class Replay:
         """0 when every command was checked and matched, 1 otherwise; a trace that cannot be
         replayed (cut short, malformed, missing) raises VmfsError."""
         sessions = read_trace(self.path)
-        if not any(s.commands for s in sessions):
+        total = sum(len(s.commands) for s in sessions)
+        if not total:
             raise TraceError(f"{self.path}: the trace holds no commands: nothing to check")
         with tempfile.TemporaryDirectory(prefix="vmfs-replay-") as tmp:
             base = Path(tmp)
@@ -234,6 +235,11 @@ class Replay:
                 f", {self.unchecked} commands not checked: the trace holds no completion for "
                 f"them (cut short, or its driver was killed)"
                 if self.unchecked
+                else ""
+            )
+            + (
+                f", {total - self.commands} commands not sent: the driver had exited"
+                if self.commands < total
                 else ""
             )
             + (
