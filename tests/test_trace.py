@@ -345,3 +345,23 @@ def test_bench_measures_recording_with_the_record_target(tmp_path: Path) -> None
     note = next(n for n in result["notes"] if n.startswith("trace "))
     per_byte = float(note.split(", ")[-1].split()[0])
     assert 0 < per_byte < 0.05, note  # the benchmark writes one repeated byte: it compresses
+
+
+@pytest.mark.parametrize("uncompressed", [False, True])
+def test_compressible_writes_are_deflated_unless_asked_not_to(
+    tmp_path: Path, uncompressed: bool
+) -> None:
+    trace = tmp_path / "text.trace"
+    payload = b"def greet(name):\n    return 'hello ' + name\n" * 3000
+    extra = ["--record", str(trace)] + (["--record-uncompressed"] if uncompressed else [])
+    with LoopbackServer(root=tmp_path / "root", extra_args=extra) as server:
+        c = server.client
+        assert c.initialise().ok
+        handle = c.open("greet.py", OpenFlags.WRITE_ONLY | OpenFlags.CREATE).data
+        assert c.write(handle, 0, payload).data == len(payload)
+    (blob,) = commands_of(load(trace), Command.FILE_WRITE)[0]["in"]
+    assert blob.data() == payload
+    assert blob.encoding == ("r" if uncompressed else "z")
+    assert (trace.stat().st_size > len(payload)) == uncompressed
+    code, report = replay(trace)
+    assert code == 0, report

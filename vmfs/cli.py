@@ -64,7 +64,9 @@ def _recorder(driver: Any, args: argparse.Namespace) -> Recorder | None:
         return None
     from vmfs.trace import Recorder
 
-    return Recorder.attach(driver, args.record, cap=args.record_cap)
+    return Recorder.attach(
+        driver, args.record, cap=args.record_cap, compress=not args.record_uncompressed
+    )
 
 
 def _diagram(args: argparse.Namespace) -> int:
@@ -196,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="bytes kept of each output buffer (read data, stat records, names); longer ones "
         "keep size and SHA-256; inputs are always kept whole (default 64 KiB)",
+    )
+    record.add_argument(
+        "--record-uncompressed",
+        action="store_true",
+        help="store buffers as they are: faster recording of compressible data, bigger traces",
     )
     serve.set_defaults(func=_serve)
 

@@ -139,6 +139,7 @@ class Recorder:
         out: IO[bytes],
         root: str | None,
         cap: int = DEFAULT_CAP,
+        compress: bool = True,
     ) -> None:
         if cap < 0:
             raise UsageError(f"--record-cap must be 0 or more bytes, not {cap}")
@@ -147,7 +148,7 @@ class Recorder:
         self.share_size = share_size
         self.out = out
         self.cap = cap
-        self.packer = Packer()
+        self.packer = Packer(compress)
         self.batch = 0
         self.commands = self.completions = 0
         self._new_batch = False
@@ -173,7 +174,13 @@ class Recorder:
         engine.tap = self.tap
 
     @classmethod
-    def attach(cls, driver: Any, path: str | os.PathLike[str], cap: int = DEFAULT_CAP) -> Recorder:
+    def attach(
+        cls,
+        driver: Any,
+        path: str | os.PathLike[str],
+        cap: int = DEFAULT_CAP,
+        compress: bool = True,
+    ) -> Recorder:
         """Record everything `driver` serves into `path` (appended)."""
         if cap < 0:
             raise UsageError(f"--record-cap must be 0 or more bytes, not {cap}")
@@ -182,7 +189,8 @@ class Recorder:
             out = open(path, "ab")  # noqa: SIM115 - closed by close()
         except OSError as e:
             raise VmfsError(f"cannot record to {os.fspath(path)}: {e.strerror or e}") from None
-        return cls(driver.engine, driver.share.copy_in, driver.share.size, out, root, cap)
+        share = driver.share
+        return cls(driver.engine, share.copy_in, share.size, out, root, cap, compress)
 
     def pump(self) -> bool:
         """One engine batch; commands taken during it share a batch number."""

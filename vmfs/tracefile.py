@@ -106,12 +106,13 @@ class Packer:
     """Compresses buffers for one writer: deflate at its fastest level when a probe of the first
     bytes shrinks, so incompressible data costs one small probe, not a whole compression."""
 
-    def __init__(self) -> None:
+    def __init__(self, compress: bool = True) -> None:
+        self.compress = compress
         self._deflate = zlib.compressobj(1, zlib.DEFLATED, RAW_DEFLATE)
         self._probe = zlib.compressobj(1, zlib.DEFLATED, RAW_DEFLATE)
 
     def pack(self, data: bytes) -> tuple[bytes, str]:
-        if len(data) >= COMPRESS_MIN:
+        if self.compress and len(data) >= COMPRESS_MIN:
             probe = data[:PROBE]
             probed = self._probe.compress(probe) + self._probe.flush(zlib.Z_FULL_FLUSH)
             if len(probed) < PROBE_RATIO * len(probe):
