@@ -82,6 +82,7 @@ BAD_TRACES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "negative id": (edited(b'"id":0,', b'"id":-1,'), "not a u64"),
     "bad descriptor": (edited(b'"in":[[0,', b'"in":[["x",'), "malformed buffer"),
     "version 3": (edited(b'"vmfs_trace":2', b'"vmfs_trace":3'), "trace version 3"),
+    "huge share": (edited(b'"share_size":67108864', b'"share_size":18446744073709551615'), "share"),
     "v2 header only": (written(HEADER_V2), "no end record"),
     "v2 no commands": (
         written(HEADER_V2 + b'{"t":"e","commands":0,"completions":0}\n'),

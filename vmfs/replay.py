@@ -212,7 +212,11 @@ class Replay:
             raise TraceError(f"{self.path}: the trace holds no commands: nothing to check")
         with tempfile.TemporaryDirectory(prefix="vmfs-replay-") as tmp:
             base = Path(tmp)
-            server = self._server(base, sessions[0].header["share_size"])
+            share_size = sessions[0].header["share_size"]
+            try:
+                server = self._server(base, share_size)
+            except (OSError, ValueError, OverflowError) as e:
+                raise TraceError(f"{self.path}: no share of {share_size} bytes here: {e}") from None
             try:
                 shutil.rmtree(base / "root")
                 self._prepare_root(sessions[0], base / "root")
