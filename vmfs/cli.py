@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Start a driver on a fresh copy of the trace's starting tree (or of --root), feed "
             "the recorded commands in the recorded batches, and compare each completion with "
-            "the recorded one (handles, inodes, times normalised). Exit 1 on any mismatch."
+            "the recorded one (handles, inodes, times normalised). Exit 1 on any mismatch, on "
+            "commands the trace holds no completion for, or on a cut or malformed trace."
         ),
     )
     replay.add_argument("trace", metavar="FILE", help="a trace written by `vmfs serve --record`")
