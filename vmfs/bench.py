@@ -35,6 +35,8 @@ from vmfs.benchload import (
 )
 from vmfs.client import LoopbackServer
 from vmfs.errors import UsageError
+from vmfs.tracefile import read_trace
+from vmfs.wire import Command
 
 DEFAULT_ROOT_PARENT = "/dev/shm"  # tmpfs: the figures are the driver's, not a disk's
 
@@ -74,9 +76,9 @@ def run_one(wl: Workload, target: str, root: Path, opts: Any, progress: Progress
 
 def _run_driver(wl: Workload, target: str, root: Path, opts: Any, rec: Recorder) -> Result:
     with tempfile.TemporaryDirectory(prefix="vmfs-bench-", dir=DEFAULT_ROOT_PARENT) as tmp:
-        srv = LoopbackServer(
-            root=root, directory=Path(tmp) / "loop", extra_args=TARGET_ARGS[target]
-        )
+        trace = Path(tmp) / "bench.trace"
+        extra = TARGET_ARGS[target] + (["--record", str(trace)] if target == "record" else [])
+        srv = LoopbackServer(root=root, directory=Path(tmp) / "loop", extra_args=extra)
         try:
             assert srv.process is not None
             pid = srv.process.pid
@@ -90,9 +92,26 @@ def _run_driver(wl: Workload, target: str, root: Path, opts: Any, rec: Recorder)
             driver_cpu = proc_cpu(pid) - cpu["start"]
         finally:
             srv.close()
-    result = rec.result(wl.name, target)
+        result = rec.result(wl.name, target)
+        if target == "record":
+            result.notes.append(trace_note(trace))
     result.driver_cpu_us_per_op = round(driver_cpu / max(result.ops, 1) * 1e6, 2)
     return result
+
+
+def trace_note(trace: Path) -> str:
+    """How big the recording was beside what the client wrote (warm-up included); the starting
+    tree (the benchmark's data file) is left out of the ratio."""
+    sessions = read_trace(trace)
+    written = sum(
+        r["in"][0].size for s in sessions for r in s.commands if r["c"] == Command.FILE_WRITE
+    )
+    tree = sum(
+        len(e[3].stored) for s in sessions for e in s.header.get("tree") or () if e[0] == "f"
+    )
+    size = trace.stat().st_size
+    per = f", {(size - tree) / written:.4f} B per B written" if written else ""
+    return f"trace {size:,} bytes, {tree:,} of them the starting tree{per}"
 
 
 class Progress:

@@ -92,7 +92,9 @@ def _recorder(driver: Any, args: argparse.Namespace) -> Recorder | None:
     from vmfs.trace import Recorder
 
     try:
-        return Recorder.attach(driver, args.record, cap=args.record_cap)
+        return Recorder.attach(
+            driver, args.record, cap=args.record_cap, compress=not args.record_uncompressed
+        )
     except OSError as e:
         raise VmfsError(f"serve: cannot record to {args.record}: {e.strerror}") from e
 
@@ -132,17 +134,9 @@ def _diagram(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from vmfs.replay import main as replay_main
 
-    if not os.path.exists(args.trace):
-        raise VmfsError(f"replay: no trace file {args.trace}")
-    if not os.path.isfile(args.trace):
-        raise VmfsError(f"replay: {args.trace} is not a trace file (a directory?)")
-    if not os.access(args.trace, os.R_OK):
-        raise VmfsError(f"replay: cannot read {args.trace}: permission denied")
-    if args.root is not None and not os.path.isdir(args.root):
-        raise VmfsError(f"replay: --root {args.root} is not a directory")
     if args.timeout <= 0:
         raise UsageError(f"replay: --timeout must be more than 0, not {args.timeout:g}")
-    return replay_main(args.trace, args.root, args.timeout)
+    return replay_main(args.trace, args.root, args.timeout, args.driver)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -273,7 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=64 * 1024,
         metavar="BYTES",
-        help="bytes kept per share buffer; longer ones keep size and SHA-256 (default 64 KiB)",
+        help="bytes kept of each output buffer (read data, stat records, names); longer ones "
+        "keep size and SHA-256; inputs are always kept whole (default 64 KiB)",
+    )
+    record.add_argument(
+        "--record-uncompressed",
+        action="store_true",
+        help="store buffers as they are: faster recording of compressible data, bigger traces",
     )
     serve.set_defaults(func=_serve)
 
@@ -337,13 +337,21 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Start a driver on a fresh copy of the trace's starting tree (or of --root), feed "
             "the recorded commands in the recorded batches, and compare each completion with "
-            "the recorded one (handles, inodes, times normalised). Exit 1 on any mismatch."
+            "the recorded one (handles, inodes, times normalised). Exit 1 on any mismatch, on "
+            "commands the trace holds no completion for, or on a cut or malformed trace."
         ),
     )
     replay.add_argument("trace", metavar="FILE", help="a trace written by `vmfs serve --record`")
     replay.add_argument("--root", metavar="DIR", help="start from a copy of DIR instead")
     replay.add_argument(
         "--timeout", type=float, default=10.0, metavar="S", help="per-batch wait (default 10)"
+    )
+    replay.add_argument(
+        "--driver",
+        metavar="CMD",
+        help="replay against this program instead of `vmfs serve`: a command line in which {dir} "
+        "is the loopback directory and {root} the served directory, e.g. "
+        "'cvmfs --loopback {dir} --root {root}'",
     )
     replay.set_defaults(func=_replay)
 
