@@ -43,8 +43,9 @@ PACKAGES = (
     f"lib{PY}-stdlib", "libffi8", "liburing2", "python3-cffi-backend",
 )  # fmt: skip
 # Imported by the probe but optional: the importer catches ImportError, and shipping them would
-# bring OpenSSL (4 MB), libbz2 and liblzma. hashlib falls back to the built-in _blake2/_sha256.
-OPTIONAL_MODULES = ("_hashlib", "_ssl", "bz2", "_bz2", "lzma", "_lzma")
+# bring OpenSSL (4 MB), libbz2 and liblzma. hashlib falls back to the built-in _blake2/_sha256;
+# _compression serves only bz2 and lzma.
+OPTIONAL_MODULES = ("_hashlib", "_ssl", "bz2", "_bz2", "lzma", "_lzma", "_compression")
 # Debian's kernel builds these as modules; the LionsOS kernel has them built in (and the rcS
 # loads them only when the running kernel is the one they were built for).
 KERNEL_MODULES = {
