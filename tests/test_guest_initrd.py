@@ -6,8 +6,10 @@ initrd (no 9p, no network, one vCPU) and check the disk with mtools afterwards.
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -30,10 +32,20 @@ def initrd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def _member(initrd: Path, name: str) -> bytes:
+    raw = subprocess.run(["gzip", "-dc", str(initrd)], check=True, capture_output=True).stdout
+    return subprocess.run(
+        ["cpio", "-i", "--quiet", "--to-stdout", name], input=raw, check=True, capture_output=True
+    ).stdout
+
+
 def _listing(initrd: Path) -> list[str]:
+    """Every file in the archive, and every member of the standard-library zip in it."""
     raw = subprocess.run(["gzip", "-dc", str(initrd)], check=True, capture_output=True).stdout
     out = subprocess.run(["cpio", "-it", "--quiet"], input=raw, check=True, capture_output=True)
-    return out.stdout.decode().split()
+    names = out.stdout.decode().split()
+    stdlib_zip = zipfile.ZipFile(io.BytesIO(_member(initrd, "usr/lib/python311.zip")))
+    return names + [f"usr/lib/python3.11/{n}" for n in stdlib_zip.namelist()]
 
 
 def test_initrd_build_is_reproducible_and_fits_the_lionsos_window(
@@ -54,13 +66,7 @@ def test_initrd_holds_the_driver_and_no_tooling(initrd: Path) -> None:
     tooling = ("vmfs/guest", "vmfs/bench", "vmfs/diagram", "vmfs/demo", "tests/")
     assert not [n for n in names if any(t in n for t in tooling)]
     assert "lib/aarch64-linux-gnu/libcrypto.so.3" not in names
-    raw = subprocess.run(["gzip", "-dc", str(initrd)], check=True, capture_output=True).stdout
-    script = subprocess.run(
-        ["cpio", "-i", "--quiet", "--to-stdout", "etc/init.d/S99fs_driver_init"],
-        input=raw,
-        check=True,
-        capture_output=True,
-    ).stdout
+    script = _member(initrd, "etc/init.d/S99fs_driver_init")
     assert script == (REPO / "fs_driver_init").read_bytes()
 
 

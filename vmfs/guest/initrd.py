@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import logging
 import lzma
 import os
@@ -28,6 +29,7 @@ import re
 import shutil
 import stat
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +61,7 @@ APPLETS = (
 )  # fmt: skip
 LIB_DIRS = ("lib/aarch64-linux-gnu", "usr/lib/aarch64-linux-gnu")
 STDLIB = f"usr/lib/{PY}"
+ZIP_PATH = "usr/lib/python311.zip"  # on Python's default sys.path, ahead of STDLIB
 DYNLOAD_SUFFIX = ".cpython-311-aarch64-linux-gnu.so"
 
 INITTAB = """\
@@ -144,6 +147,20 @@ def _compile(source: Path, guest_path: str) -> bytes:
         return out.read_bytes()
 
 
+def _zip(members: dict[str, bytes]) -> bytes:
+    """A deflated zip with fixed dates and order: compressed in RAM too, since an initrd's
+    files stay in memory for the life of the guest. zipimport (frozen) and zlib (built in) read
+    it before anything else is imported."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name in sorted(members):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, members[name], compresslevel=9)
+    return buf.getvalue()
+
+
 class _Tree:
     """The initrd's entries, keyed by path without a leading slash."""
 
@@ -159,12 +176,14 @@ class _Tree:
 
 
 class _Builder:
-    def __init__(self, cache: Path) -> None:
+    def __init__(self, cache: Path, zip_stdlib: bool) -> None:
         self.cache = cache
         self.image = build(cache)
         self.pkgs = cache / "initrd" / "packages"
         self.tree = _Tree()
         self.elves: list[str] = []  # guest paths of ELF files whose libraries must be shipped
+        self.zip_stdlib = zip_stdlib
+        self.zipped: dict[str, bytes] = {}  # path inside ZIP_PATH -> bytecode
 
     def unpack_packages(self) -> None:
         debs = download(self.cache / "debs", [f"{p}:arm64" for p in PACKAGES])
@@ -260,8 +279,14 @@ class _Builder:
                 log.debug("not shipped (frozen, or a failed optional import): %s", name)
                 continue
             source, guest = found
-            self.tree.add(guest, cpio.file(_compile(source, "/" + guest.removesuffix("c"))))
+            pyc = _compile(source, "/" + guest.removesuffix("c"))
+            if self.zip_stdlib and name.split(".")[0] not in ("vmfs", "os"):
+                self.zipped[guest.removeprefix(STDLIB + "/")] = pyc
+            else:
+                self.tree.add(guest, cpio.file(pyc))
             shipped += 1
+        if self.zipped:
+            self.tree.add(ZIP_PATH, cpio.file(_zip(self.zipped)))
         return shipped
 
     def add_libraries(self) -> None:
@@ -317,9 +342,11 @@ def compress(data: bytes, method: str) -> bytes:
     raise InitrdError(f"unknown compression {method!r} (gzip or xz)")
 
 
-def build_initrd(out: Path, cache: Path | None = None, compression: str = "gzip") -> Initrd:
+def build_initrd(
+    out: Path, cache: Path | None = None, compression: str = "gzip", zip_stdlib: bool = True
+) -> Initrd:
     """Assemble the initrd and write it to `out`; see the module docstring."""
-    b = _Builder(cache or default_cache())
+    b = _Builder(cache or default_cache(), zip_stdlib)
     b.unpack_packages()
     b.add_system()
     b.add_kernel_modules()
