@@ -28,11 +28,13 @@ import py_compile
 import re
 import shutil
 import stat
+import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmfs.errors import VmfsError
 from vmfs.guest import cpio, default_cache
 from vmfs.guest.build import REPO, _module_closure, _Stamp, build, download, extract, run
 from vmfs.guest.probe import NOT_SERVED, THIRD_PARTY, _dependency_paths, probe_imports
@@ -99,7 +101,7 @@ sys.exit(main())' "$@"
 """
 
 
-class InitrdError(Exception):
+class InitrdError(VmfsError):
     """The initrd could not be assembled; the message says what is missing."""
 
 
@@ -177,6 +179,11 @@ class _Tree:
 
 class _Builder:
     def __init__(self, cache: Path, zip_stdlib: bool) -> None:
+        if sys.version_info[:2] != (3, 11):
+            raise InitrdError(
+                f"the guest's Python is {PY}; byte-compiling for it needs a host Python 3.11, "
+                f"not {sys.version_info.major}.{sys.version_info.minor}"
+            )
         self.cache = cache
         self.image = build(cache)
         self.pkgs = cache / "initrd" / "packages"
