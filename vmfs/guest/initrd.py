@@ -18,6 +18,7 @@ header, so two builds from the same inputs give the same bytes.
 
 from __future__ import annotations
 
+import _imp
 import gzip
 import hashlib
 import io
@@ -267,6 +268,8 @@ class _Builder:
         shipped = 0
         for name in sorted(names):
             if name in OPTIONAL_MODULES or name in builtins:
+                continue
+            if _imp.is_frozen(name) and name != "os":  # 3.11 runs these from its own binary
                 continue
             if any(name == x or name.startswith(x + ".") for x in NOT_SERVED):
                 continue
