@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "fs_driver_init"
+from vmfs.resources import resource_path
+
+SCRIPT = resource_path("fs_driver_init")
 SHELLS = [
     argv for argv in (["dash"], ["bash", "--posix"], ["busybox", "sh"]) if shutil.which(argv[0])
 ]
@@ -131,7 +134,8 @@ def test_passes_block_device_and_mount_point(launch: Launch) -> None:
         "-v",
         "-x",
     ]
-    assert all(line.startswith("fs_driver_init: ") for line in err.splitlines())
+    stamped = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d fs_driver_init: ")
+    assert all(stamped.match(line) for line in err.splitlines()), err
 
 
 def test_defaults_are_the_lionsos_example_values(launch: Launch) -> None:

@@ -37,8 +37,15 @@ from pathlib import Path
 
 from vmfs.errors import VmfsError
 from vmfs.guest import cpio, default_cache
-from vmfs.guest.build import REPO, _module_closure, _Stamp, build, download, extract, run
-from vmfs.guest.probe import NOT_SERVED, THIRD_PARTY, _dependency_paths, probe_imports
+from vmfs.guest.build import _module_closure, _Stamp, build, download, extract, run
+from vmfs.guest.probe import (
+    NOT_SERVED,
+    SOURCE_ROOT,
+    THIRD_PARTY,
+    _dependency_paths,
+    probe_imports,
+)
+from vmfs.resources import resource_path
 
 log = logging.getLogger("vmfs.guest.initrd")
 
@@ -218,7 +225,7 @@ class _Builder:
         self.tree.add("tmp", cpio.directory(0o1777))
         self.tree.add("etc/inittab", cpio.file(INITTAB.encode()))
         self.tree.add("etc/init.d/rcS", cpio.file(RCS.encode(), 0o755))
-        init = (REPO / "fs_driver_init").read_bytes()
+        init = resource_path("fs_driver_init").read_bytes()
         self.tree.add("etc/init.d/S99fs_driver_init", cpio.file(init, 0o755))
         self.tree.add("usr/bin/vmfs", cpio.file(LAUNCHER.encode(), 0o755))
 
@@ -245,7 +252,7 @@ class _Builder:
         """(host file, guest path) of a pure-Python module, or None."""
         top = name.split(".")[0]
         if top == "vmfs":
-            roots = [REPO]
+            roots = [SOURCE_ROOT]
         elif top in THIRD_PARTY:
             roots = [Path(d) for d in _dependency_paths()]
         else:

@@ -16,7 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vmfs.guest.build import REPO
+from vmfs.resources import PACKAGE_DIR
+
+SOURCE_ROOT = PACKAGE_DIR.parent  # the directory holding the vmfs package
 
 # vmfs modules that serving never needs: tooling, clients, benchmarks, the guest harness.
 NOT_SERVED = (
@@ -34,8 +36,8 @@ class ProbeError(Exception):
 def served_vmfs_modules() -> list[str]:
     """Every vmfs module except NOT_SERVED (and anything under them), sorted."""
     names = []
-    for path in sorted((REPO / "vmfs").rglob("*.py")):
-        rel = path.relative_to(REPO).with_suffix("")
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        rel = path.relative_to(SOURCE_ROOT).with_suffix("")
         parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
         name = ".".join(parts)
         if not any(name == x or name.startswith(x + ".") for x in NOT_SERVED):
@@ -82,7 +84,7 @@ def probe_imports(timeout: float = 60.0) -> set[str]:
         loop = create_loopback_dir(base / "loop")
         (base / "root").mkdir()
         env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO), *_dependency_paths()])
+        env["PYTHONPATH"] = os.pathsep.join([str(SOURCE_ROOT), *_dependency_paths()])
         cmd = [sys.executable, "-S", "-c", code, "serve", "--loopback", str(loop),
                "--root", str(base / "root"), "--record", str(base / "trace")]  # fmt: skip
         with open(base / "driver.log", "wb") as log:
