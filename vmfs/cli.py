@@ -152,8 +152,12 @@ def _guest(args: argparse.Namespace) -> int:
 
 
 def _add_guest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """`vmfs guest`: host-side only; importing it costs nothing inside the guest."""
-    from vmfs.guest.__main__ import DESCRIPTION, add_arguments
+    """`vmfs guest`: host-side only; an image without the guest tooling (the initrd of
+    `vmfs guest image`) has no `guest` command and serves all the same."""
+    try:
+        from vmfs.guest.__main__ import DESCRIPTION, add_arguments
+    except ImportError:
+        return
 
     guest = sub.add_parser(
         "guest",

@@ -46,6 +46,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="real: fs_driver_init + vmfs serve (default); standin: the echo driver",
     )
     demo.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
+    demo.add_argument(
+        "--initrd",
+        action="store_true",
+        help="boot only the `vmfs guest image` initrd, as LionsOS's FS VM does (no 9p, no "
+        "network, one vCPU, 128 MiB)",
+    )
+    demo.add_argument(
+        "--memory", type=int, default=128, metavar="MIB", help="with --initrd: guest memory"
+    )
+    image = sub.add_parser(
+        "image",
+        help="build the self-contained initrd for the LionsOS file-system VM",
+        description="Build one arm64 initrd (BusyBox, Python with only the modules a serving "
+        "driver imports, vmfs, its libraries, fs_driver_init as the startup script) from "
+        "Debian packages, reproducibly. See docs/guest-image.md.",
+    )
+    image.add_argument(
+        "-o", "--output", type=Path, default=Path("vmfs-initrd.cpio.gz"), help="output file"
+    )
+    image.add_argument(
+        "--compression", choices=("gzip", "xz"), default="gzip", help="default: gzip"
+    )
+    image.add_argument(
+        "--no-zip",
+        action="store_true",
+        help="standard library as loose .pyc files instead of a deflated python311.zip "
+        "(smaller with xz, 1.5 MB more RAM in the guest)",
+    )
     run = sub.add_parser(
         "run",
         help="boot and run one shell command in the guest",
@@ -66,10 +94,23 @@ def run_action(args: argparse.Namespace) -> int:
 
         print(build(args.cache))
         return 0
+    if args.action == "image":
+        from vmfs.guest.initrd import build_initrd
+
+        made = build_initrd(args.output, args.cache, args.compression, not args.no_zip)
+        print(
+            f"{made.path}: {made.compressed} bytes {args.compression}, {made.unpacked} unpacked, "
+            f"{made.files} files, {made.python_modules} Python modules, sha256 {made.digest}"
+        )
+        return 0
     if args.action == "demo":
         from vmfs.guest import demo as demo_mod
         from vmfs.guest.vmm import DRIVER_REAL, DRIVER_STANDIN
 
+        if args.initrd:
+            from vmfs.guest.initrd_demo import demo_initrd
+
+            return demo_initrd(args.cache, args.keep, args.memory)
         driver = {"standin": DRIVER_STANDIN, "real": DRIVER_REAL, None: demo_mod.DEMO_DRIVER}
         return demo_mod.demo(driver[args.driver], args.cache, args.keep)
     from vmfs.guest.build import build

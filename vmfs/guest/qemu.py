@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from vmfs.guest import CARVEOUT, COMMAND_SPI, REGIONS
+from vmfs.guest import CARVEOUT, COMMAND_SPI, REGIONS, Region
 
 
 class QemuError(Exception):
@@ -111,21 +111,23 @@ class Qtest:
         self._sock.close()
 
 
-def vmfs_nodes() -> str:
-    """The device-tree fragment: a no-map carve-out and the five generic-uio nodes."""
+def vmfs_nodes(regions: dict[str, Region] = REGIONS, carveout: Region | None = CARVEOUT) -> str:
+    """The device-tree fragment: the five generic-uio nodes, and a no-map carve-out when the
+    regions lie inside the guest's RAM (`carveout=None` when they lie outside it)."""
 
     def cells(value: int) -> str:
         return f"0x{value >> 32:x} 0x{value & 0xFFFFFFFF:x}"
 
-    lines = [
-        "/ {",
-        "  reserved-memory {",
-        "    #address-cells = <2>; #size-cells = <2>; ranges;",
-        f"    vmfs_shared@{CARVEOUT.phys:x} {{ reg = <{cells(CARVEOUT.phys)} "
-        f"{cells(CARVEOUT.size)}>; no-map; }};",
-        "  };",
-    ]
-    for r in REGIONS.values():
+    lines = ["/ {"]
+    if carveout is not None:
+        lines += [
+            "  reserved-memory {",
+            "    #address-cells = <2>; #size-cells = <2>; ranges;",
+            f"    vmfs_shared@{carveout.phys:x} {{ reg = <{cells(carveout.phys)} "
+            f"{cells(carveout.size)}>; no-map; }};",
+            "  };",
+        ]
+    for r in regions.values():
         irq = f" interrupts = <0x0 {COMMAND_SPI} 0x1>;" if r.name == "vmfs_command" else ""
         lines.append(
             f'  {r.name}@{r.phys:x} {{ compatible = "generic-uio", "{r.name}"; '
@@ -135,9 +137,10 @@ def vmfs_nodes() -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_dtb(qemu: str, machine_args: list[str], cache: Path) -> Path:
-    """Dump QEMU's own DTB for these machine arguments and append the vmfs nodes (cached)."""
-    fragment = vmfs_nodes()
+def make_dtb(qemu: str, machine_args: list[str], cache: Path, fragment: str | None = None) -> Path:
+    """Dump QEMU's own DTB for these machine arguments and append `fragment` (default: the
+    vmfs nodes); cached by both."""
+    fragment = vmfs_nodes() if fragment is None else fragment
     key = hashlib.sha256((" ".join(machine_args) + fragment).encode()).hexdigest()[:16]
     out = cache / "dtb" / f"vmfs-{key}.dtb"
     if out.exists():
