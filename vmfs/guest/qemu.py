@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -136,28 +138,36 @@ def vmfs_nodes() -> str:
 
 
 def make_dtb(qemu: str, machine_args: list[str], cache: Path) -> Path:
-    """Dump QEMU's own DTB for these machine arguments and append the vmfs nodes (cached)."""
+    """QEMU's own DTB for exactly these machine arguments, with the vmfs nodes appended.
+
+    QEMU dumps its DTB on every call (tens of milliseconds), so the DTB always matches the
+    machine that boots, whatever QEMU version is installed; the merged result is cached by the
+    dumped bytes, which saves the two dtc runs.
+    """
     fragment = vmfs_nodes()
-    key = hashlib.sha256((" ".join(machine_args) + fragment).encode()).hexdigest()[:16]
-    out = cache / "dtb" / f"vmfs-{key}.dtb"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    base = out.with_suffix(".base.dtb")
-    args = list(machine_args)
-    i = args.index("-M") + 1
-    args[i] = f"{args[i]},dumpdtb={base}"
-    subprocess.run([qemu, *args, "-display", "none"], check=True, capture_output=True)
-    dts = subprocess.run(
-        ["dtc", "-q", "-I", "dtb", "-O", "dts", str(base)], check=True, capture_output=True
-    ).stdout.decode()
-    tmp = out.with_suffix(".tmp")
-    subprocess.run(
-        ["dtc", "-q", "-I", "dts", "-O", "dtb", "-o", str(tmp), "-"],
-        input=(dts + fragment).encode(),
-        check=True,
-        capture_output=True,
-    )
-    tmp.rename(out)
-    base.unlink()
+    out_dir = cache / "dtb"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="vmfs-dtb-") as tmp:
+        base = Path(tmp) / "base.dtb"
+        args = list(machine_args)
+        i = args.index("-M") + 1
+        args[i] = f"{args[i]},dumpdtb={base}"
+        dump = subprocess.run([qemu, *args, "-display", "none"], capture_output=True, text=True)
+        if dump.returncode != 0 or not base.exists():
+            raise QemuError(f"{qemu} could not dump its device tree: {dump.stderr.strip()}")
+        key = hashlib.sha256(base.read_bytes() + fragment.encode()).hexdigest()[:16]
+        out = out_dir / f"vmfs-{key}.dtb"
+        if out.exists():
+            return out
+        dts = subprocess.run(
+            ["dtc", "-q", "-I", "dtb", "-O", "dts", str(base)], check=True, capture_output=True
+        ).stdout.decode()
+        merged = out.with_suffix(f".{os.getpid()}.tmp")  # renamed: readers never see half
+        subprocess.run(
+            ["dtc", "-q", "-I", "dts", "-O", "dtb", "-o", str(merged), "-"],
+            input=(dts + fragment).encode(),
+            check=True,
+            capture_output=True,
+        )
+        merged.rename(out)
     return out
