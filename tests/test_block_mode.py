@@ -4,21 +4,17 @@ unmounts it, and what the client wrote is on the image afterwards."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kernel_caps import NEEDS_MOUNT
 
 from vmfs.client import LoopbackServer
 from vmfs.wire import Status
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root"),
-    pytest.mark.skipif(not os.path.exists("/dev/loop-control"), reason="no loop devices"),
-    pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="mkfs.ext4 missing"),
-]
+pytestmark = NEEDS_MOUNT
 
 
 @pytest.fixture(autouse=True)
