@@ -53,9 +53,9 @@ def test_dtb_is_dumped_from_the_very_machine_options_that_boot(
 
     dumped: list[list[str]] = []
 
-    def fake_make_dtb(qemu: str, machine_args: list[str], cache: Path) -> Path:
+    def fake_make_dtb(qemu: str, machine_args: list[str], directory: Path) -> Path:
         dumped.append(list(machine_args))
-        return cache / "fake.dtb"
+        return directory / "fake.dtb"
 
     monkeypatch.setattr(vmm_mod, "make_dtb", fake_make_dtb)
     image = GuestImage(str(tmp_path), "6.1.0-0-arm64", "vmlinuz", "initrd", "rootfs", "so", "bb")
@@ -66,7 +66,7 @@ def test_dtb_is_dumped_from_the_very_machine_options_that_boot(
     assert len(dumped) == 1
     machine = dumped[0]
     assert command[1 : 1 + len(machine)] == machine
-    assert command[command.index("-dtb") + 1] == str(tmp_path / "fake.dtb")
+    assert command[command.index("-dtb") + 1] == str(tmp_path / "run" / "fake.dtb")
     pairs = list(itertools.pairwise(machine))
     assert ("-nic", "none") in pairs and ("-smp", "3") in pairs
     assert ("-M", "virt,memory-backend=ram0") in pairs

@@ -7,12 +7,9 @@ the five `generic-uio` nodes of the LionsOS vmfs example.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -137,37 +134,27 @@ def vmfs_nodes() -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_dtb(qemu: str, machine_args: list[str], cache: Path) -> Path:
+def make_dtb(qemu: str, machine_args: list[str], directory: Path) -> Path:
     """QEMU's own DTB for exactly these machine arguments, with the vmfs nodes appended.
 
-    QEMU dumps its DTB on every call (tens of milliseconds), so the DTB always matches the
-    machine that boots, whatever QEMU version is installed; the merged result is cached by the
-    dumped bytes, which saves the two dtc runs.
+    Dumped for every boot (tens of milliseconds): it then always matches the machine that boots
+    and the installed QEMU, and QEMU's per-boot random seeds in /chosen stay per boot.
     """
-    fragment = vmfs_nodes()
-    out_dir = cache / "dtb"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="vmfs-dtb-") as tmp:
-        base = Path(tmp) / "base.dtb"
-        args = list(machine_args)
-        i = args.index("-M") + 1
-        args[i] = f"{args[i]},dumpdtb={base}"
-        dump = subprocess.run([qemu, *args, "-display", "none"], capture_output=True, text=True)
-        if dump.returncode != 0 or not base.exists():
-            raise QemuError(f"{qemu} could not dump its device tree: {dump.stderr.strip()}")
-        key = hashlib.sha256(base.read_bytes() + fragment.encode()).hexdigest()[:16]
-        out = out_dir / f"vmfs-{key}.dtb"
-        if out.exists():
-            return out
-        dts = subprocess.run(
-            ["dtc", "-q", "-I", "dtb", "-O", "dts", str(base)], check=True, capture_output=True
-        ).stdout.decode()
-        merged = out.with_suffix(f".{os.getpid()}.tmp")  # renamed: readers never see half
-        subprocess.run(
-            ["dtc", "-q", "-I", "dts", "-O", "dtb", "-o", str(merged), "-"],
-            input=(dts + fragment).encode(),
-            check=True,
-            capture_output=True,
-        )
-        merged.rename(out)
+    base = directory / "qemu.dtb"
+    out = directory / "vmfs.dtb"
+    args = list(machine_args)
+    i = args.index("-M") + 1
+    args[i] = f"{args[i]},dumpdtb={base}"
+    dump = subprocess.run([qemu, *args, "-display", "none"], capture_output=True, text=True)
+    if dump.returncode != 0 or not base.exists():
+        raise QemuError(f"{qemu} could not dump its device tree: {dump.stderr.strip()}")
+    dts = subprocess.run(
+        ["dtc", "-q", "-I", "dtb", "-O", "dts", str(base)], check=True, capture_output=True
+    ).stdout.decode()
+    subprocess.run(
+        ["dtc", "-q", "-I", "dts", "-O", "dtb", "-o", str(out), "-"],
+        input=(dts + vmfs_nodes()).encode(),
+        check=True,
+        capture_output=True,
+    )
     return out

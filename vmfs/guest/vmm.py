@@ -169,7 +169,7 @@ class Vmm:
 
     def qemu_command(self) -> list[str]:
         machine = self.machine_args()
-        dtb = make_dtb(QEMU, machine, Path(self.image.cache))
+        dtb = make_dtb(QEMU, machine, self.run_dir)
         args = list(machine)
         run = self.run_dir
         append = "console=ttyAMA0 panic=-1 loglevel=4 uio_pdrv_genirq.of_id=generic-uio"
