@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "fs_driver_init"
+from vmfs.resources import resource_path
+
+SCRIPT = resource_path("fs_driver_init")
 # Every shell a guest image may run the script with (scripts/bootstrap installs busybox).
 SHELLS = [["dash"], ["bash", "--posix"], ["busybox", "sh"]]
 

@@ -6,9 +6,9 @@ a whole read), and so index words and device memory get the access widths and me
 the protocol requires. CDEF below is what Python sees of them.
 """
 
-from pathlib import Path
-
 from cffi import FFI
+
+from vmfs.resources import resource_path
 
 CDEF = r"""
 struct io_uring { ...; };
@@ -97,7 +97,7 @@ long vmfs_pwrite_bounce(int fd, char *bounce, const char *share, size_t n, uint6
 int vmfs_stat_record(int dfd, const char *path, uint64_t resolve, uint64_t *out);
 """
 
-NATIVE_DIR = Path(__file__).resolve().parent.parent / "csrc"
+NATIVE_DIR = resource_path("csrc")
 NATIVE_PARTS = ("ring.c", "shm.c", "files.c", "mount.c")  # in dependency order
 
 PRELUDE = r"""

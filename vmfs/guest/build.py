@@ -28,7 +28,6 @@ from vmfs.guest import default_cache
 
 log = logging.getLogger("vmfs.guest.build")
 
-REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = default_cache()
 MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"

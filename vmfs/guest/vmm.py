@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmfs.guest import CARVEOUT, RAM_BASE, RAM_SIZE, REGIONS
-from vmfs.guest.build import REPO, GuestImage, guest_python, precompile
+from vmfs.guest.build import GuestImage, guest_python, precompile
 from vmfs.guest.qemu import Qmp, Qtest, make_dtb
+from vmfs.resources import PACKAGE_DIR, SHIPPED_DIR_NAME, resource_path
 from vmfs.uio import CONFIG_SIZE, RegionSizes
 
 log = logging.getLogger("vmfs.guest.vmm")
@@ -62,9 +63,9 @@ def stage_python(dest: Path, native_ext: Path, rootfs: Path) -> None:
     """Put vmfs (with its arm64 extension) and its pure-Python dependencies where the guest
     imports them; compiled here, because compiling under TCG costs seconds per boot."""
     shutil.copytree(
-        REPO / "vmfs",
+        PACKAGE_DIR,
         dest / "vmfs",
-        ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.c", "*.o"),
+        ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.c", "*.o", SHIPPED_DIR_NAME),
     )
     shutil.copy2(native_ext, dest / "vmfs" / native_ext.name)
     for name in PYTHON_DEPS:
@@ -130,8 +131,7 @@ class Vmm:
             'sys.exit(main())\' "$@"\n'
         )
         vmfs_cmd.chmod(0o755)
-        if (REPO / "fs_driver_init").exists():
-            shutil.copy2(REPO / "fs_driver_init", self.run_dir / "fs_driver_init")
+        shutil.copy2(resource_path("fs_driver_init"), self.run_dir / "fs_driver_init")
         env = {"VMFS": f"{GUEST_RUN}/bin/vmfs", "BLOCK_DEVICE": "/dev/vda", "MOUNT_POINT": "/mnt"}
         env.update(self.env)
         (self.run_dir / "env.sh").write_text(
