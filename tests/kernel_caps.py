@@ -11,16 +11,24 @@ from pathlib import Path
 
 import pytest
 
+CAP_SETGID = 6
+CAP_SETUID = 7
 CAP_SYS_ADMIN = 21
 
 
-def may_mount() -> bool:
-    """The kernel grants this process CAP_SYS_ADMIN, which mount(2) and loop set-up need."""
+def has_capabilities(*caps: int) -> bool:
+    """The kernel grants this process every one of these capabilities (effective set)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
+                effective = int(line.split()[1], 16)
+                return all(effective >> cap & 1 for cap in caps)
     return False
+
+
+def may_mount() -> bool:
+    """mount(2) and loop set-up need CAP_SYS_ADMIN."""
+    return has_capabilities(CAP_SYS_ADMIN)
 
 
 def has_loop_devices() -> bool:
@@ -42,3 +50,7 @@ NEEDS_MOUNT = [
     pytest.mark.skipif(not has_loop_devices(), reason="kernel has no loop devices"),
 ]
 NEEDS_VFAT = pytest.mark.skipif(not has_filesystem("vfat", "fat"), reason="kernel has no vfat")
+NEEDS_SWITCH_USER = pytest.mark.skipif(
+    not has_capabilities(CAP_SETUID, CAP_SETGID),
+    reason="kernel has no CAP_SETUID/CAP_SETGID for this process (run as root)",
+)

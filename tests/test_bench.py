@@ -9,6 +9,7 @@ from pathlib import Path
 
 
 def test_bench_runs_every_workload_error_free(tmp_path: Path) -> None:
+    (tmp_path / "root").mkdir()
     out = subprocess.run(
         [sys.executable, "-m", "vmfs", "bench", "--ops", "200", "--file-mib", "1", "--json",
          "--root", str(tmp_path / "root")],
@@ -23,6 +24,7 @@ def test_bench_runs_every_workload_error_free(tmp_path: Path) -> None:
 
 
 def test_bench_table_filters_workloads_and_targets(tmp_path: Path) -> None:
+    (tmp_path / "root").mkdir()
     out = subprocess.run(
         [sys.executable, "-m", "vmfs", "bench", "--ops", "100", "--file-mib", "1",
          "--workloads", "stat", "--targets", "vmfs,sync", "--root", str(tmp_path / "root")],
@@ -30,3 +32,4 @@ def test_bench_table_filters_workloads_and_targets(tmp_path: Path) -> None:
     )  # fmt: skip
     rows = [line for line in out.stdout.splitlines() if line.startswith("| STAT")]
     assert len(rows) == 1 and "| - |" in rows[0]  # no bounce / no-uring / uring figures
+    assert list((tmp_path / "root").iterdir()) == []  # its data file is not left behind

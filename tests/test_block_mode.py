@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,3 +85,44 @@ def test_mount_failure_is_a_status_not_an_exit(tmp_path: Path) -> None:
         assert srv.client.initialise().status == Status.ERROR
         assert srv.process is not None and srv.process.poll() is None
         assert "INITIALISE failed" in srv.log()
+
+
+def loop_devices_over(image: Path, settle: float = 0.0) -> str:
+    """`losetup -j IMAGE`; with `settle`, wait that long for the kernel to finish detaching
+    (an autoclear loop device may be released just after the unmount returns)."""
+    deadline = time.monotonic() + settle
+    while True:
+        found = subprocess.run(
+            ["losetup", "-j", str(image)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        if not found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.05)
+
+
+def test_sigterm_unmounts_and_detaches_and_the_next_driver_mounts_again(tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image), "16M"], check=True)
+    mnt = tmp_path / "mnt"
+    args = ["--block-device", str(image), "--mount-point", str(mnt)]
+    with LoopbackServer(directory=tmp_path / "loop", extra_args=args) as srv:
+        c = srv.client
+        assert c.initialise().ok
+        h = c.open("/kept.txt", 2 | 4).data
+        assert c.write(h, 0, b"before the stop").data == 15
+        assert is_mount_point(mnt) and loop_devices_over(image)
+        assert srv.stop() == 0
+        assert not is_mount_point(mnt)
+        assert loop_devices_over(image, settle=5) == ""
+        assert "synced and unmounted" in srv.log()
+        srv.start()
+        assert c.stat("/kept.txt")[0].ok, srv.log()  # the client's INITIALISE still holds
+        assert c.deinitialise().ok
+    assert not is_mount_point(mnt) and loop_devices_over(image, settle=5) == ""
+    check = tmp_path / "check"
+    check.mkdir()
+    subprocess.run(["mount", "-o", "ro,loop", str(image), str(check)], check=True)
+    try:
+        assert (check / "kept.txt").read_bytes() == b"before the stop"
+    finally:
+        subprocess.run(["umount", str(check)], check=True)

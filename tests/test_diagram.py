@@ -103,3 +103,24 @@ def test_readme_embedding_is_refreshed(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     readme.write_text(stale)
     assert diagram.main(COMMITTED, check_only=True, readme=readme) == 1
+
+
+def test_a_removed_readme_marker_fails_the_check(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(REPO)
+    readme = tmp_path / "README.md"
+    text = (REPO / "README.md").read_text()
+    assert "<!-- diagram:mount -->" in text
+    readme.write_text(text.replace("<!-- diagram:mount -->\n", ""))
+    assert diagram.main(COMMITTED, check_only=True, readme=readme) == 1
+    assert "diagram:mount" in capsys.readouterr().err
+
+
+def test_outside_the_repository_it_writes_only_where_told(tmp_path: Path) -> None:
+    vmfs = [sys.executable, "-m", "vmfs", "diagram"]
+    refused = subprocess.run(vmfs, cwd=tmp_path, capture_output=True, text=True)
+    assert refused.returncode == 1 and "--out" in refused.stderr
+    assert list(tmp_path.iterdir()) == []
+    made = subprocess.run([*vmfs, "-o", "out"], cwd=tmp_path, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= {"request.mmd", "mount.svg"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -131,7 +132,8 @@ def test_passes_block_device_and_mount_point(launch: Launch) -> None:
         "-v",
         "-x",
     ]
-    assert all(line.startswith("fs_driver_init: ") for line in err.splitlines())
+    stamped = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d fs_driver_init: ")
+    assert all(stamped.match(line) for line in err.splitlines()), err
 
 
 def test_defaults_are_the_lionsos_example_values(launch: Launch) -> None:

@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from vmfs.benchdirect import run_sync, run_uring
 from vmfs.benchload import (
+    DATA_FILE,
     MIX_DIR,
     TARGET_ARGS,
     TARGETS,
@@ -33,6 +34,9 @@ from vmfs.benchload import (
     run_protocol,
 )
 from vmfs.client import LoopbackServer
+from vmfs.errors import UsageError
+from vmfs.tracefile import read_trace
+from vmfs.wire import Command
 
 DEFAULT_ROOT_PARENT = "/dev/shm"  # tmpfs: the figures are the driver's, not a disk's
 
@@ -72,9 +76,9 @@ def run_one(wl: Workload, target: str, root: Path, opts: Any, progress: Progress
 
 def _run_driver(wl: Workload, target: str, root: Path, opts: Any, rec: Recorder) -> Result:
     with tempfile.TemporaryDirectory(prefix="vmfs-bench-", dir=DEFAULT_ROOT_PARENT) as tmp:
-        srv = LoopbackServer(
-            root=root, directory=Path(tmp) / "loop", extra_args=TARGET_ARGS[target]
-        )
+        trace = Path(tmp) / "bench.trace"
+        extra = TARGET_ARGS[target] + (["--record", str(trace)] if target == "record" else [])
+        srv = LoopbackServer(root=root, directory=Path(tmp) / "loop", extra_args=extra)
         try:
             assert srv.process is not None
             pid = srv.process.pid
@@ -88,9 +92,26 @@ def _run_driver(wl: Workload, target: str, root: Path, opts: Any, rec: Recorder)
             driver_cpu = proc_cpu(pid) - cpu["start"]
         finally:
             srv.close()
-    result = rec.result(wl.name, target)
+        result = rec.result(wl.name, target)
+        if target == "record":
+            result.notes.append(trace_note(trace))
     result.driver_cpu_us_per_op = round(driver_cpu / max(result.ops, 1) * 1e6, 2)
     return result
+
+
+def trace_note(trace: Path) -> str:
+    """How big the recording was beside what the client wrote (warm-up included); the starting
+    tree (the benchmark's data file) is left out of the ratio."""
+    sessions = read_trace(trace)
+    written = sum(
+        r["in"][0].size for s in sessions for r in s.commands if r["c"] == Command.FILE_WRITE
+    )
+    tree = sum(
+        len(e[3].stored) for s in sessions for e in s.header.get("tree") or () if e[0] == "f"
+    )
+    size = trace.stat().st_size
+    per = f", {(size - tree) / written:.4f} B per B written" if written else ""
+    return f"trace {size:,} bytes, {tree:,} of them the starting tree{per}"
 
 
 class Progress:
@@ -169,18 +190,50 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def check_options(opts: Any) -> None:
+    """Refuse a bad `vmfs bench` command line before anything is created or started."""
+    if opts.seconds <= 0:
+        raise UsageError(f"bench: --seconds must be more than 0, not {opts.seconds:g}")
+    if opts.ops < 0:
+        raise UsageError(f"bench: --ops must be 0 (use --seconds) or more, not {opts.ops}")
+    if opts.file_mib <= 0:
+        raise UsageError(f"bench: --file-mib must be more than 0, not {opts.file_mib}")
+    opts.file_size = opts.file_mib << 20
+    opts.targets = [t.strip() for t in opts.targets.split(",") if t.strip()]
+    unknown = [t for t in opts.targets if t not in TARGETS]
+    if unknown or not opts.targets:
+        raise UsageError(
+            f"bench: unknown target {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(TARGETS)}"
+        )
+    if not any(any(p in w.name for p in opts.workloads or [""]) for w in WORKLOADS):
+        raise UsageError(
+            f"bench: no workload name contains {' or '.join(opts.workloads)}; "
+            f"the workloads are {', '.join(w.name for w in WORKLOADS)}"
+        )
+    if opts.pin is not None:
+        allowed = sorted(os.sched_getaffinity(0))
+        if opts.pin not in allowed:
+            raise UsageError(
+                f"bench: --pin {opts.pin} is not a CPU this process may run on "
+                f"(allowed: {', '.join(map(str, allowed))})"
+            )
+    if opts.root is not None and not os.path.isdir(opts.root):
+        raise UsageError(
+            f"bench: --root {opts.root} is not a directory (give an existing one, or none "
+            "for a temporary tmpfs directory)"
+        )
+
+
 def main(opts: Any) -> int:
     selected = [
         w for w in WORKLOADS if not opts.workloads or any(p in w.name for p in opts.workloads)
     ]
     targets = [t for t in TARGETS if t in opts.targets]
-    if not selected or not targets:
-        print("vmfs bench: nothing selected", file=sys.stderr)
-        return 2
     pin(opts.pin)
     owned = opts.root is None
     root = Path(opts.root or tempfile.mkdtemp(prefix="vmfs-bench-root-", dir=DEFAULT_ROOT_PARENT))
-    root.mkdir(parents=True, exist_ok=True)
+    made_data_file = not (root / DATA_FILE).exists()
     ensure_data_file(root, opts.file_size)
     progress = Progress(
         sys.stderr, len(selected) * len(targets), sys.stderr.isatty() or opts.progress
@@ -196,6 +249,8 @@ def main(opts: Any) -> int:
     finally:
         if owned:
             shutil.rmtree(root, ignore_errors=True)
+        elif made_data_file:
+            (root / DATA_FILE).unlink(missing_ok=True)
     if opts.json:
         print(json.dumps([asdict(r) for r in results], indent=1))
     else:

@@ -55,8 +55,9 @@ WORKLOADS = (
     Workload("mixed-qd16", "mixed", 4096, 16, "mixed reads + directory ops, qd 16"),
     Workload("lat-4k-qd1", "lat", 4096, 1, "latency 4 KiB, qd 1"),
 )
-TARGETS = ("vmfs", "bounce", "no-uring", "sync", "uring")
-TARGET_ARGS = {"vmfs": [], "bounce": ["--bounce"], "no-uring": ["--no-uring"]}
+TARGETS = ("vmfs", "bounce", "no-uring", "record", "sync", "uring")
+# `record` is vmfs with `--record` (a trace file in the run's directory) to show its cost.
+TARGET_ARGS = {"vmfs": [], "bounce": ["--bounce"], "no-uring": ["--no-uring"], "record": []}
 
 
 @dataclass

@@ -1,32 +1,51 @@
-"""The `vmfs` command line: serve, demo, guest, and the tools around them."""
+"""The `vmfs` command line: serve, demo, guest, and the tools around them.
+
+Every expected failure ends here as one line, `vmfs: error: ...`, exit 2 for a bad command line
+and 1 for a runtime failure; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from vmfs import __version__
-from vmfs.errors import VmfsError
+from vmfs.errors import UsageError, VmfsError
 
 if TYPE_CHECKING:
     from vmfs.trace import Recorder
 
+LOG_FORMAT = "%(asctime)s.%(msecs)03d vmfs: %(levelname)s %(message)s"
+LOG_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as a `UsageError` (one line, exit 2)."""
+
+    late_epilog: Callable[[], str] | None = None  # built only when --help asks for it
+
+    def error(self, message: str) -> NoReturn:
+        where = self.prog.removeprefix("vmfs").strip()
+        prefix = f"{where}: " if where else ""
+        raise UsageError(f"{prefix}{message} (see {self.prog} --help)")
+
+    def format_help(self) -> str:
+        if self.late_epilog is not None:
+            self.epilog = self.late_epilog()
+        return super().format_help()
+
 
 def _serve(args: argparse.Namespace) -> int:
     from vmfs.driver import Driver, Options
+    from vmfs.preflight import check_serve
     from vmfs.uio import LoopbackTransport, TransportError, UioTransport
 
-    if bool(args.loopback) == bool(args.uio):
-        print("vmfs serve: give exactly one of --loopback DIR or --uio", file=sys.stderr)
-        return 2
-    if args.uio and args.block_device is None:
-        args.block_device = "/dev/vda"
-    if args.root is None and args.block_device is None:
-        print("vmfs serve: give --root DIR or --block-device DEV", file=sys.stderr)
-        return 2
+    check_serve(args)
     try:
         if args.uio:
             transport = UioTransport.discover(
@@ -35,8 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
         else:
             transport = LoopbackTransport(args.loopback)
     except TransportError as e:
-        logging.getLogger("vmfs").error("cannot attach: %s", e)
-        return 1
+        raise VmfsError(f"serve: cannot attach: {e}") from e
     options = Options(
         root=args.root,
         block_device=args.block_device,
@@ -48,10 +66,19 @@ def _serve(args: argparse.Namespace) -> int:
         fast_path=not args.no_fast_path,
         bounce=args.bounce,
     )
-    driver = Driver(transport, options)
-    recorder = _recorder(driver, args)
     try:
-        return driver.serve()
+        driver = Driver(transport, options)
+    except BaseException:
+        transport.close()
+        raise
+    try:
+        recorder = _recorder(driver, args)
+    except BaseException:
+        driver.close()
+        transport.close()
+        raise
+    try:
+        return driver.serve(restore_signal_handlers=False)
     finally:
         if recorder is not None:
             recorder.close()
@@ -64,7 +91,38 @@ def _recorder(driver: Any, args: argparse.Namespace) -> Recorder | None:
         return None
     from vmfs.trace import Recorder
 
-    return Recorder.attach(driver, args.record, cap=args.record_cap)
+    try:
+        return Recorder.attach(
+            driver, args.record, cap=args.record_cap, compress=not args.record_uncompressed
+        )
+    except OSError as e:
+        raise VmfsError(f"serve: cannot record to {args.record}: {e.strerror}") from e
+
+
+def _loopback(args: argparse.Namespace) -> int:
+    from vmfs.client_transport import create_loopback_dir
+    from vmfs.uio import TransportError, lock_config
+
+    directory = Path(args.directory)
+    if args.data_mib < 1:
+        raise UsageError(f"loopback create: --data-mib must be 1 or more, not {args.data_mib}")
+    if directory.exists() and not directory.is_dir():
+        raise VmfsError(f"loopback create: {directory} exists and is not a directory")
+    lock = None
+    if (directory / "vmfs_config").exists():
+        try:
+            lock = lock_config(directory / "vmfs_config")
+        except TransportError as e:
+            raise VmfsError(f"loopback create: {e}") from e
+    try:
+        create_loopback_dir(directory, data_size=args.data_mib << 20)
+    except OSError as e:
+        raise VmfsError(f"loopback create: cannot create {directory}: {e.strerror}") from e
+    finally:
+        if lock is not None:
+            os.close(lock)
+    print(f"vmfs: loopback directory {directory} ready: vmfs serve --loopback {directory} ...")
+    return 0
 
 
 def _diagram(args: argparse.Namespace) -> int:
@@ -76,7 +134,9 @@ def _diagram(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from vmfs.replay import main as replay_main
 
-    return replay_main(args.trace, args.root, args.timeout)
+    if args.timeout <= 0:
+        raise UsageError(f"replay: --timeout must be more than 0, not {args.timeout:g}")
+    return replay_main(args.trace, args.root, args.timeout, args.driver)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -105,27 +165,40 @@ def _add_guest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from vmfs.bench import check_options
     from vmfs.bench import main as bench_main
 
-    args.file_size = args.file_mib << 20
-    args.targets = [t.strip() for t in args.targets.split(",")]
+    check_options(args)
     return bench_main(args)
 
 
+def _workload_epilog() -> str:
+    from vmfs.benchload import WORKLOADS
+
+    names = ", ".join(w.name for w in WORKLOADS)
+    return f"Workloads (--workloads picks those whose name contains a given part): {names}."
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vmfs",
         description=(
             "Serve the LionsOS file-system protocol from a Linux guest: commands from a native "
             "LionsOS client's queue are performed on a Linux filesystem through io_uring."
         ),
     )
-    parser.add_argument("--version", action="version", version=f"vmfs {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"vmfs {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every refusal in detail")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    verbosity = _Parser(add_help=False)
+    verbosity.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+    common = {"parents": [verbosity]}
 
     serve = sub.add_parser(
         "serve",
+        **common,
         help="serve one client until SIGTERM/SIGINT",
         description=(
             "Serve one client's command queue until SIGTERM or SIGINT, then finish in-flight "
@@ -194,12 +267,39 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=64 * 1024,
         metavar="BYTES",
-        help="bytes kept per share buffer; longer ones keep size and SHA-256 (default 64 KiB)",
+        help="bytes kept of each output buffer (read data, stat records, names); longer ones "
+        "keep size and SHA-256; inputs are always kept whole (default 64 KiB)",
+    )
+    record.add_argument(
+        "--record-uncompressed",
+        action="store_true",
+        help="store buffers as they are: faster recording of compressible data, bigger traces",
     )
     serve.set_defaults(func=_serve)
 
+    loopback = sub.add_parser(
+        "loopback",
+        **common,
+        help="create the files and FIFOs of a loopback connection",
+        description="The loopback transport's directory is the client's to create and size; "
+        "`vmfs loopback create DIR` does it for a driver tried by hand.",
+    )
+    loopback_sub = loopback.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = loopback_sub.add_parser(
+        "create",
+        help="create (or recreate, emptying its queues) a loopback directory",
+        description="Create DIR with vmfs_config, vmfs_command, vmfs_completion, vmfs_data, "
+        "vmfs_fault, vmfs_irq and vmfs_notify. Refused while a driver serves DIR.",
+    )
+    create.add_argument("directory", metavar="DIR")
+    create.add_argument(
+        "--data-mib", type=int, default=64, metavar="N", help="data region size (default 64)"
+    )
+    create.set_defaults(func=_loopback)
+
     demo = sub.add_parser(
         "demo",
+        **common,
         help="a short client session against a temporary root, printed step by step",
         description=(
             "Start a driver on a temporary directory over the loopback transport and walk a "
@@ -212,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     diagram = sub.add_parser(
         "diagram",
+        **common,
         help="render the state machines into diagrams/ (Mermaid, DOT, SVG) and README.md",
         description=(
             "Render the request, driver and mount machines of vmfs/fsm.py as Mermaid, DOT and "
@@ -221,17 +322,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diagram.add_argument("--check", action="store_true", help="compare instead of writing")
     diagram.add_argument(
-        "--out", type=Path, default=Path("diagrams"), metavar="DIR", help="default: diagrams/"
+        "-o",
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="where the diagrams go (default: diagrams/, at the repository's root only)",
     )
     diagram.set_defaults(func=_diagram)
 
     replay = sub.add_parser(
         "replay",
+        **common,
         help="replay a recorded trace against a fresh driver and compare every completion",
         description=(
             "Start a driver on a fresh copy of the trace's starting tree (or of --root), feed "
             "the recorded commands in the recorded batches, and compare each completion with "
-            "the recorded one (handles, inodes, times normalised). Exit 1 on any mismatch."
+            "the recorded one (handles, inodes, times normalised). Exit 1 on any mismatch, on "
+            "commands the trace holds no completion for, or on a cut or malformed trace."
         ),
     )
     replay.add_argument("trace", metavar="FILE", help="a trace written by `vmfs serve --record`")
@@ -239,11 +346,19 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--timeout", type=float, default=10.0, metavar="S", help="per-batch wait (default 10)"
     )
+    replay.add_argument(
+        "--driver",
+        metavar="CMD",
+        help="replay against this program instead of `vmfs serve`: a command line in which {dir} "
+        "is the loopback directory and {root} the served directory, e.g. "
+        "'cvmfs --loopback {dir} --root {root}'",
+    )
     replay.set_defaults(func=_replay)
 
     _add_guest(sub)
     bench = sub.add_parser(
         "bench",
+        **common,
         help="throughput and latency of vmfs serve beside in-process baselines",
         description=(
             "Run each workload against `vmfs serve` over the loopback transport and, in the same "
@@ -267,21 +382,30 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--file-mib", type=int, default=32, help="size of the read file (32)")
     bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
     bench.add_argument("--progress", action="store_true", help="progress line even if not a tty")
+    bench.late_epilog = _workload_epilog
     bench.set_defaults(func=_bench)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def configure_logging(verbose: bool) -> None:
+    """Every line with a timestamp: the driver's log is a boot log (console or VMFS_LOG)."""
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="vmfs: %(levelname)s %(message)s",
+        level=logging.DEBUG if verbose else logging.INFO,
+        format=LOG_FORMAT,
+        datefmt=LOG_DATE_FORMAT,
         stream=sys.stderr,
     )
     logging.getLogger("transitions").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
     try:
+        args = build_parser().parse_args(argv)
+        configure_logging(args.verbose)
         return int(args.func(args) or 0)
     except VmfsError as e:
         print(f"vmfs: error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:
+        print("vmfs: interrupted", file=sys.stderr)
+        return 130

@@ -327,15 +327,9 @@ class LoopbackServer:
             self.start()
 
     def start(self) -> None:
-        args = [
-            *vmfs_command(),
-            "serve",
-            "--loopback",
-            str(self.directory),
-            "--root",
-            str(self.root),
-            *self.extra_args,
-        ]
+        served = [] if "--block-device" in self.extra_args else ["--root", str(self.root)]
+        args = [*vmfs_command(), "serve", "--loopback", str(self.directory), *served]
+        args += self.extra_args
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
 

@@ -23,6 +23,7 @@ from typing import Any
 from transitions.extensions import GraphMachine
 
 from vmfs import fsm
+from vmfs.errors import VmfsError
 
 DEFAULT_DIR = Path("diagrams")
 README = Path("README.md")
@@ -79,16 +80,23 @@ def sources(diagram: Diagram) -> dict[str, str]:
     return {f"{diagram.name}.mmd": mermaid(diagram), f"{diagram.name}.dot": dot(diagram)}
 
 
-def svg(dot_source: str) -> bytes:
-    """Lay out DOT with the Graphviz `dot` program."""
+def dot_program() -> str:
     exe = shutil.which("dot")
     if exe is None:
-        raise FileNotFoundError(
-            "Graphviz `dot` is not installed (Debian: apt-get install graphviz)"
+        raise VmfsError(
+            "diagram: Graphviz `dot` is not installed, so no SVG can be drawn "
+            "(Debian: apt-get install graphviz)"
         )
-    return subprocess.run(
-        [exe, "-Tsvg"], input=dot_source.encode(), capture_output=True, check=True
-    ).stdout
+    return exe
+
+
+def svg(dot_source: str) -> bytes:
+    """Lay out DOT with the Graphviz `dot` program."""
+    run = subprocess.run([dot_program(), "-Tsvg"], input=dot_source.encode(), capture_output=True)
+    if run.returncode != 0:
+        reason = run.stderr.decode(errors="replace").strip().splitlines()
+        raise VmfsError(f"diagram: `dot -Tsvg` failed: {reason[-1] if reason else run.returncode}")
+    return run.stdout
 
 
 def write(out: Path, diagrams: tuple[Diagram, ...] = DIAGRAMS) -> list[Path]:
@@ -133,12 +141,39 @@ def embedded(readme: str) -> str:
     return _EMBED.sub(block, readme)
 
 
-def main(out: Path, check_only: bool, readme: Path = README) -> int:
-    text = readme.read_text() if readme.exists() else None
+def readme_problems(readme: Path, text: str) -> list[str]:
+    """A diagram whose README block is gone would silently stop being checked."""
+    present = {match.group(2) for match in _EMBED.finditer(text)}
+    problems = [
+        f"{readme}: the <!-- diagram:{d.name} --> ... <!-- /diagram --> block is missing"
+        for d in DIAGRAMS
+        if d.name not in present
+    ]
+    if embedded(text) != text:
+        problems.append(f"{readme}: an embedded diagram differs from the generated one")
+    return problems
+
+
+def in_repository(readme: Path = README) -> bool:
+    """Whether the current directory is the root of the vmfs repository."""
+    return readme.is_file() and Path("vmfs", "fsm.py").is_file()
+
+
+def main(out: Path | None, check_only: bool, readme: Path = README) -> int:
+    """`vmfs diagram [--check] [--out DIR]`; without --out only at the repository's root."""
+    repository = in_repository(readme)
+    if out is None:
+        if not repository:
+            raise VmfsError(
+                "diagram: not at the root of the vmfs repository (no README.md and "
+                "vmfs/fsm.py here); run it there, or give --out DIR"
+            )
+        out = DEFAULT_DIR
+    text = readme.read_text() if repository else None
     if check_only:
         problems = check(out)
-        if text is not None and embedded(text) != text:
-            problems.append(f"{readme}: an embedded diagram differs from the generated one")
+        if text is not None:
+            problems += readme_problems(readme, text)
         for problem in problems:
             print(f"vmfs diagram: {problem}", file=sys.stderr)
         if problems:
@@ -148,6 +183,7 @@ def main(out: Path, check_only: bool, readme: Path = README) -> int:
             return 1
         print(f"vmfs diagram: the diagrams in {out}/ match the machines in vmfs/fsm.py")
         return 0
+    dot_program()  # before anything is written
     for path in write(out):
         print(path)
     if text is not None and embedded(text) != text:

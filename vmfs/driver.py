@@ -12,7 +12,6 @@ import logging
 import os
 import select
 import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from vmfs import fastpath, fsm, uring
 from vmfs.handles import HandleTable
 from vmfs.journal import Journal
 from vmfs.ops import Operations
+from vmfs.refusals import RefusalLog
 from vmfs.shm import Share, SharedIndexWords
 from vmfs.stats import Counters
 from vmfs.uio import Transport
@@ -107,6 +107,8 @@ class Driver:
         if options.fast_path:
             lane.attach(self.engine)
         self.engine.notify = transport.notify
+        self.refusals = RefusalLog(detail=log.isEnabledFor(logging.DEBUG))
+        self.engine.on_refusal = self.refusals
         crash_on = os.environ.get(CRASH_ON_ID_VARIABLE)
         if crash_on:
             self._crash_on_id_for_testing(int(crash_on, 0))
@@ -156,10 +158,20 @@ class Driver:
         return hashlib.blake2b(b"\0".join(parts), digest_size=16).digest()
 
     def _restore_mount_state(self) -> None:
-        """A restarted driver keeps the client's INITIALISE (PROTOCOL.md 4.0 rule 7)."""
+        """A restarted driver keeps the client's INITIALISE (PROTOCOL.md 4.0 rule 7).
+
+        After a crash the device is still mounted; after a clean stop (which unmounts) it is
+        mounted again here.
+        """
         if self.mounter is not None:
             if self.mounter.is_mounted():
                 self._open_root(self.options.mount_point)
+            elif self.journal.initialised:
+                try:
+                    self.mounter.mount()
+                    self._open_root(self.options.mount_point)
+                except Exception as e:
+                    log.warning("cannot mount again what the client initialised: %s", e)
         elif self.journal.initialised:
             self._open_root(self.options.root or ".")
 
@@ -177,7 +189,7 @@ class Driver:
                 self._open_root(self.options.mount_point)
             else:
                 self._open_root(self.options.root or ".")
-                self.journal.initialised = True
+            self.journal.initialised = True
         except Exception as e:  # mount errors of every kind become a status
             log.warning("INITIALISE failed: %s", e)
             self.mount_state.mount_failed()
@@ -202,7 +214,7 @@ class Driver:
                 return Status.ERROR
         else:
             os.sync()
-            self.journal.initialised = False
+        self.journal.initialised = False
         self.mount_state.deinitialise()
         log.info("deinitialised (%d handles closed)", closed)
         return Status.SUCCESS
@@ -229,15 +241,19 @@ class Driver:
     def request_stop(self, *_: Any) -> None:
         self._stopping = True
 
-    def serve(self) -> int:
-        """Serve until stopped; finish in-flight work; leave untaken commands queued."""
-        log.info(self.describe())
+    def serve(self, *, restore_signal_handlers: bool = True) -> int:
+        """Serve until stopped; finish in-flight work; leave untaken commands queued.
+
+        A process that exits after serving passes restore_signal_handlers=False, so a second
+        SIGTERM during its cleanup (unmount, trace close) still means "stop", not "die now".
+        """
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_wakeup = signal.set_wakeup_fd(wake_w)
         handlers = {
             sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
         }
         handlers[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._report)
+        log.info(self.describe())  # only now: whoever waits for this line may signal at once
         poller = select.poll()
         irq = self.transport.fileno()
         poller.register(irq, select.POLLIN)
@@ -258,21 +274,49 @@ class Driver:
                         _drain(ring_fd)
                     elif fd == wake_r:
                         _drain(wake_r)
+                self.refusals.roll()
             self.lifecycle.stop()
             engine.flush()
             engine.publish()
             self.lifecycle.drained()
+            self.refusals.roll(final=True)
+            self._unmount_on_stop()
         finally:
             signal.set_wakeup_fd(old_wakeup)
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
+            if restore_signal_handlers:
+                for sig, handler in handlers.items():
+                    signal.signal(sig, handler)
             os.close(wake_r)
             os.close(wake_w)
-        log.info("stopped\n%s", self.counters.report())
+        log.info("stopped")
+        self._report()
         return 0
 
     def _report(self, *_: Any) -> None:
-        print(self.counters.report(), file=sys.stderr, flush=True)
+        for line in self.counters.report().splitlines():
+            log.info("counters: %s", line.strip())
+
+    def _unmount_on_stop(self) -> None:
+        """A clean stop leaves no filesystem mounted and no loop device attached: the device
+        (a FAT disk, say) is consistent when the VM goes down. The journal keeps the client's
+        INITIALISE, so the next driver mounts it again. A crash skips this and leaves the
+        mount for the next driver, which finds it."""
+        if self.mounter is None or self.root_fd is None:
+            return
+        closed = self.handles.close_all()
+        os.close(self.root_fd)
+        self.root_fd = None
+        try:
+            self.mounter.unmount()
+        except Exception as e:
+            log.warning("stopping: cannot unmount %s: %s", self.options.mount_point, e)
+            return
+        log.info(
+            "stopping: synced and unmounted %s from %s (%d handles closed)",
+            self.options.block_device,
+            self.options.mount_point,
+            closed,
+        )
 
     def close(self) -> None:
         self.handles.close_all()

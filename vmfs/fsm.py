@@ -234,6 +234,7 @@ class Engine:
         self.command_slots = DeviceSlots(commands.region) if device_memory else None
         self.completion_slots = DeviceSlots(completions.region) if device_memory else None
         self.tap: Callable[[str, Request], None] | None = None
+        self.on_refusal: Callable[[Request], None] | None = None  # each non-SUCCESS completion
         queued = (commands.tail - self.head) & U64_MASK
         self._recovering = queued if journal is not None and queued <= QUEUE_CAPACITY else 0
         self._warned_at = 0.0
@@ -418,6 +419,7 @@ class Engine:
 
     def _answer(self, req: Request, status: Status, trigger: int) -> None:
         req.status, req.data = int(status), 0
+        req.params = ()  # answered before its parameters were read: none to report
         self._complete(req, trigger)
 
     def _complete(self, req: Request, trigger: int) -> None:
@@ -442,6 +444,8 @@ class Engine:
         if self.journal:
             self.journal.written(req.index, req.status, req.data, index)
         self.counters.completed(req.cmd, req.status, time.perf_counter_ns() - req.started)
+        if req.status and self.on_refusal is not None:
+            self.on_refusal(req)
         if self.tap:
             self.tap("complete", req)
 

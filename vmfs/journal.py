@@ -9,12 +9,14 @@ header also persists the "initialised" flag of directory mode (PROTOCOL.md 4.0 r
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmfs.errors import VmfsError
 from vmfs.wire import QUEUE_CAPACITY, U64_MASK
 
 MAGIC = b"VMFSJRN1"
@@ -41,15 +43,24 @@ class Journal:
 
     def __init__(self, path: str | os.PathLike[str], identity: bytes) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise VmfsError(
+                f"cannot open the restart journal {self.path}: {e.strerror} "
+                "(--state-dir DIR keeps it in a writable directory)"
+            ) from e
+        try:
+            _lock(fd, self.path)
             if os.fstat(fd).st_size != SIZE:
                 os.ftruncate(fd, 0)
                 os.ftruncate(fd, SIZE)
             self._map = mmap.mmap(fd, SIZE, mmap.MAP_SHARED)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        self._fd = fd  # holds the lock while this driver lives
         identity = identity[:16].ljust(16, b"\0")
         magic, _, stored_identity, _ = HEADER.unpack_from(self._map, 0)
         self.fresh = magic != MAGIC or stored_identity != identity
@@ -90,6 +101,17 @@ class Journal:
 
     def close(self) -> None:
         self._map.close()
+        os.close(self._fd)
+
+
+def _lock(fd: int, path: Path) -> None:
+    """One driver per journal: a second one would answer the first one's commands again."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise VmfsError(
+            f"another `vmfs serve` is using the restart journal {path}; stop that one first"
+        ) from None
 
 
 def _offset(index: int) -> int:

@@ -9,20 +9,29 @@ Normalisation rules (everything not listed is compared exactly):
 - Handles: the n-th handle the recording was issued stands for the n-th the replay was issued.
   FILE_OPEN/DIR_OPEN results are mapped, and the `fd` parameter of later commands is translated
   through the map before sending (values never issued, i.e. forged ones, pass unchanged).
-- Stat records: `mode` is compared; `size` and `nlink` too, except for directories (their size
-  and link count are filesystem bookkeeping); `dev`, `ino`, `rdev`, `uid`, `gid`, `blksize`,
-  `blocks`, `used` and the six time fields are ignored, as they depend on the machine and moment.
+- Stat records: `mode` is compared (only its file type when the header says `"mode_bits":
+  false`, as for a trace recorded on FAT, which keeps no permissions); `size` and `nlink` too,
+  except for directories (their size and link count are filesystem bookkeeping); `dev`, `ino`,
+  `rdev`, `uid`, `gid`, `blksize`, `blocks`, `used` and the six time fields are ignored, as they
+  depend on the machine and moment.
 - DIR_READ: the names read through one handle (until DIR_CLOSE, DIR_REWIND or the end) are
   compared as multisets, since listing order is the filesystem's own.
 - Data beyond the per-record cap is compared by size and SHA-256.
+
+A trace replays OK only when every command in it was checked: a cut or malformed file is refused
+before anything runs, and commands without a recorded completion make the verdict INCOMPLETE.
+With `--driver 'CMD {dir} {root}'` the stream goes to any program serving the loopback
+transport in {dir} with {root} as its served directory, instead of `vmfs serve`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 import stat
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,22 +41,17 @@ from pathlib import Path
 from typing import Any
 
 from vmfs.client import LoopbackServer
-from vmfs.trace import (
-    WORDS,
-    Session,
-    TraceError,
-    blob_bytes,
-    build_tree,
-    fields,
-    output_length,
-    read_trace,
-)
+from vmfs.errors import UsageError, VmfsError
+from vmfs.trace import WORDS, build_tree, fields, output_length
+from vmfs.tracefile import Blob, Session, TraceError, read_trace
 from vmfs.wire import (
     COMPLETION_FAST,
     MESSAGE_HEADER,
     NUM_COMMANDS,
+    QUEUE_CAPACITY,
     STAT_FAST,
     STAT_FIELDS,
+    STAT_SIZE,
     Command,
     Status,
     flat_names,
@@ -81,22 +85,22 @@ def describe(record: dict[str, Any], sent_fd: int | None = None) -> str:
             text += f" (replayed as {sent_fd})"
         shown.append(text)
     for b in record.get("in", ()):
-        data = blob_bytes(b)
-        shown.append(f"in@{b[0]}={data[:40]!r}{'...' if len(data) > 40 else ''}")
+        data = b.data()
+        shown.append(f"in@{b.offset}={data[:40]!r}{'...' if len(data) > 40 else ''}")
     return f"{command_name(record['c'])} " + " ".join(shown)
 
 
-def _bytes_rows(name: str, expected: list[Any], actual: bytes) -> list[Row]:
+def _bytes_rows(name: str, expected: Blob, actual: bytes) -> list[Row]:
     """Compare recorded output (maybe cut at the cap) with what the replay wrote."""
-    if len(expected) == 4:
-        size, digest = expected[2], expected[3]
+    if expected.digest is not None:
+        size, digest = expected.size, expected.digest
         got = hashlib.sha256(actual).hexdigest()
         if size == len(actual) and digest == got:
             return []
         return [
             (name, f"{size} bytes sha256 {digest[:16]}", f"{len(actual)} bytes sha256 {got[:16]}")
         ]
-    want = blob_bytes(expected)
+    want = expected.data()
     if want == actual:
         return []
     at = next((i for i, (a, b) in enumerate(zip(want, actual, strict=False)) if a != b), None)
@@ -104,9 +108,14 @@ def _bytes_rows(name: str, expected: list[Any], actual: bytes) -> list[Row]:
     return [(f"{name}[{at}:]", repr(want[at : at + 24]), repr(actual[at : at + 24]))]
 
 
-def _stat_rows(expected: bytes, actual: bytes) -> list[Row]:
+def _stat_rows(expected: bytes, actual: bytes, mode_bits: bool = True) -> list[Row]:
+    """Rows for the compared stat fields; without `mode_bits` only the file type of `mode`."""
+    if len(expected) != STAT_SIZE:
+        return [("stat record", f"{STAT_SIZE} bytes", f"{len(expected)} bytes in the trace")]
     want = dict(zip(STAT_FIELDS, STAT_FAST.unpack(expected), strict=True))
     got = dict(zip(STAT_FIELDS, STAT_FAST.unpack(actual), strict=True))
+    if not mode_bits:
+        want["mode"], got["mode"] = stat.S_IFMT(want["mode"]), stat.S_IFMT(got["mode"])
     compared = ("mode",) if stat.S_ISDIR(want["mode"]) else STAT_COMPARED
     return [
         (f"stat.{name}", oct(want[name]) if name == "mode" else str(want[name]),
@@ -114,6 +123,30 @@ def _stat_rows(expected: bytes, actual: bytes) -> list[Row]:
         for name in compared
         if want[name] != got[name]
     ]  # fmt: skip
+
+
+class DriverCommand(LoopbackServer):
+    """A loopback server started from a command template (`CMD {dir} {root}`), not `vmfs serve`."""
+
+    def __init__(self, template: str, **kwargs: Any) -> None:
+        try:
+            self.template = shlex.split(template)
+            if not self.template or not any("{dir}" in word for word in self.template):
+                raise ValueError("it must name the loopback directory as {dir}")
+            for word in self.template:
+                word.format(dir="", root="")
+        except (ValueError, KeyError, IndexError) as e:
+            example = "'CMD --loopback {dir} --root {root}'"
+            raise UsageError(f"--driver {template!r}: {e} (e.g. {example})") from None
+        super().__init__(start=False, **kwargs)
+
+    def start(self) -> None:
+        args = [word.format(dir=self.directory, root=self.root) for word in self.template]
+        with open(self.log_path, "ab") as log_file:
+            try:
+                self.process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
+            except OSError as e:
+                raise VmfsError(f"cannot run the driver {args[0]}: {e.strerror or e}") from None
 
 
 class Replay:
@@ -125,25 +158,43 @@ class Replay:
         root: str | os.PathLike[str] | None = None,
         timeout: float = 10.0,
         report: Callable[[str], None] = print,
+        driver: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.root = Path(root) if root is not None else None
+        if self.root is not None and not self.root.is_dir():
+            raise VmfsError(f"--root {self.root}: not an existing directory")
         self.timeout = timeout
         self.report = report
+        self.driver = driver
         self.commands = self.batches = self.matched = self.mismatched = 0
         self.handles_mapped = self.stats_compared = self.listings_compared = 0
-        self.unrecorded = self.cut_inputs = 0
+        self.unchecked = self.cut_inputs = 0
+        self.mode_bits = True
 
     # -- set-up -------------------------------------------------------------------------------
 
     def _prepare_root(self, first: Session, target: Path) -> None:
         if self.root is not None:
-            shutil.copytree(self.root, target, symlinks=True)
+            try:
+                shutil.copytree(self.root, target, symlinks=True)
+            except (OSError, shutil.Error) as e:
+                raise VmfsError(f"cannot copy --root {self.root}: {e}") from None
         elif first.header.get("tree") is not None:
             build_tree(first.header["tree"], target)
         else:
             note = first.header.get("tree_note", "")
-            raise TraceError(f"{self.path}: the trace holds no starting tree ({note}); give --root")
+            raise UsageError(f"{self.path}: the trace holds no starting tree ({note}); give --root")
+
+    def _server(self, base: Path, share_size: int) -> LoopbackServer:
+        where: dict[str, Any] = {
+            "root": base / "root",
+            "directory": base / "loopback",
+            "data_size": share_size,
+        }
+        if self.driver is None:
+            return LoopbackServer(start=False, **where)
+        return DriverCommand(self.driver, **where)
 
     def _start(self, server: LoopbackServer, header: dict[str, Any]) -> None:
         old = os.umask(header.get("umask", 0o022))
@@ -153,38 +204,48 @@ class Replay:
             os.umask(old)
 
     def run(self) -> int:
-        """0 when every completion matched, 1 on a mismatch, 2 when the trace is unusable."""
-        try:
-            sessions = read_trace(self.path)
-            with tempfile.TemporaryDirectory(prefix="vmfs-replay-") as tmp:
-                base = Path(tmp)
+        """0 when every command was checked and matched, 1 otherwise; a trace that cannot be
+        replayed (cut short, malformed, missing) raises VmfsError."""
+        sessions = read_trace(self.path)
+        total = sum(len(s.commands) for s in sessions)
+        if not total:
+            raise TraceError(f"{self.path}: the trace holds no commands: nothing to check")
+        with tempfile.TemporaryDirectory(prefix="vmfs-replay-") as tmp:
+            base = Path(tmp)
+            share_size = sessions[0].header["share_size"]
+            try:
+                server = self._server(base, share_size)
+            except (OSError, ValueError, OverflowError) as e:
+                raise TraceError(f"{self.path}: no share of {share_size} bytes here: {e}") from None
+            try:
+                shutil.rmtree(base / "root")
                 self._prepare_root(sessions[0], base / "root")
-                server = LoopbackServer(
-                    root=base / "root",
-                    directory=base / "loopback",
-                    data_size=sessions[0].header["share_size"],
-                    start=False,
-                )
-                try:
-                    for session in sessions:
-                        self._start(server, session.header)
-                        alive = self._session(server, session)
-                        server.stop()
-                        if not alive:
-                            break
-                finally:
-                    server.close()
-        except TraceError as e:
-            self.report(f"vmfs replay: {e}")
-            return 2
-        verdict = "OK" if not self.mismatched else "FAILED"
+                for session in sessions:
+                    self._start(server, session.header)
+                    alive = self._session(server, session)
+                    server.stop()
+                    if not alive:
+                        break
+            finally:
+                server.close()
+        verdict = "FAILED" if self.mismatched else "INCOMPLETE" if self.unchecked else "OK"
         self.report(
             f"vmfs replay: {verdict} {self.path.name}: {len(sessions)} session(s), "
             f"{self.commands} commands in {self.batches} batches: {self.matched} matched, "
             f"{self.mismatched} mismatched ({self.handles_mapped} handles mapped, "
             f"{self.stats_compared} stat records compared on mode/size/nlink, "
             f"{self.listings_compared} listings compared as sets"
-            + (f", {self.unrecorded} completions not in the trace" if self.unrecorded else "")
+            + (
+                f", {self.unchecked} commands not checked: the trace holds no completion for "
+                f"them (cut short, or its driver was killed)"
+                if self.unchecked
+                else ""
+            )
+            + (
+                f", {total - self.commands} commands not sent: the driver had exited"
+                if self.commands < total
+                else ""
+            )
             + (
                 f", {self.cut_inputs} inputs cut at the recording cap: only their head was sent"
                 if self.cut_inputs
@@ -192,15 +253,18 @@ class Replay:
             )
             + ")"
         )
-        return 1 if self.mismatched else 0
+        return 0 if verdict == "OK" else 1
 
     # -- one session --------------------------------------------------------------------------
 
     def _session(self, server: LoopbackServer, session: Session) -> bool:
+        self.mode_bits = session.header.get("mode_bits", True) is not False
         handles: dict[int, int] = {}
         listings: dict[int, tuple[dict[str, Any], list[bytes], list[bytes]]] = {}
         client = server.client
         for number, batch in enumerate(session.batches(), 1):
+            if len(batch) > QUEUE_CAPACITY:
+                raise TraceError(f"{self.path}: batch {number} holds more commands than a queue")
             sent: list[int | None] = []
             tail = client.cmdq.tail
             for k, record in enumerate(batch):
@@ -210,9 +274,11 @@ class Replay:
                     fd = words[0] = handles.get(words[0], words[0])
                 sent.append(fd)
                 for b in record.get("in", ()):
-                    data = blob_bytes(b)
-                    self.cut_inputs += len(b) == 4
-                    client.share[b[0] : b[0] + len(data)] = data
+                    data = b.data()
+                    self.cut_inputs += b.cut
+                    if b.offset + len(data) > len(client.share):
+                        raise TraceError(f"{self.path}: batch {number}: an input off the share")
+                    client.share[b.offset : b.offset + len(data)] = data
                 off = slot_offset(tail + k)
                 region = client.cmdq.region
                 MESSAGE_HEADER.pack_into(region, off, record["id"], record["c"])
@@ -227,6 +293,10 @@ class Replay:
             for record, fd in zip(batch, sent, strict=True):
                 got = by_id[record["id"]].popleft() if by_id[record["id"]] else None
                 expected = session.completions.get(record["i"])
+                if expected is None:
+                    self.commands += 1
+                    self.unchecked += 1
+                    continue
                 rows = self._compare(record, expected, got, client, handles, listings)
                 self._verdict(number, record, fd, rows)
             for cid, extra in by_id.items():
@@ -265,16 +335,13 @@ class Replay:
     def _compare(
         self,
         record: dict[str, Any],
-        expected: dict[str, Any] | None,
+        expected: dict[str, Any],
         got: tuple[int, int] | None,
         client: Any,
         handles: dict[int, int],
         listings: dict[int, tuple[dict[str, Any], list[bytes], list[bytes]]],
     ) -> list[Row]:
         cmd = record["c"]
-        if expected is None:
-            self.unrecorded += 1
-            return []
         want = f"{status_name(expected['s'])} data={expected['d']}"
         if got is None:
             return [("completion", want, f"none within {self.timeout:g}s")]
@@ -290,7 +357,7 @@ class Replay:
                 listings[expected["d"]] = (record, [], [])
         elif cmd == Command.DIR_READ and both_ok:
             listing = listings.setdefault(record["w"][0], (record, [], []))
-            listing[1].append(blob_bytes(expected["out"]))
+            listing[1].append(expected["out"].data() if "out" in expected else b"")
             listing[2].append(self._output(client, record, status, data))
         elif data != expected["d"]:
             rows.append(("data", str(expected["d"]), str(data)))
@@ -298,7 +365,8 @@ class Replay:
             rows += _bytes_rows("read", expected["out"], self._output(client, record, status, data))
         elif both_ok and cmd == Command.STAT and "out" in expected:
             self.stats_compared += 1
-            rows += _stat_rows(blob_bytes(expected["out"]), self._output(client, record, status, 0))
+            actual = self._output(client, record, status, 0)
+            rows += _stat_rows(expected["out"].data(), actual, self.mode_bits)
         if cmd in LISTING_ENDS and record["w"][0] in listings:
             _, names_want, names_got = listings.pop(record["w"][0])
             rows += self._listing_rows(names_want, names_got)
@@ -343,5 +411,6 @@ class Replay:
         self.report("\n".join(lines))
 
 
-def main(path: str, root: str | None, timeout: float) -> int:
-    return Replay(path, root, timeout, report=lambda text: print(text, file=sys.stdout)).run()
+def main(path: str, root: str | None, timeout: float, driver: str | None = None) -> int:
+    report = lambda text: print(text, file=sys.stdout, flush=True)  # noqa: E731
+    return Replay(path, root, timeout, report=report, driver=driver).run()

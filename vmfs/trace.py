@@ -1,37 +1,22 @@
-"""Recording command streams: the trace format, the recorder `vmfs serve --record` attaches, and
-reading traces back (replay lives in `vmfs.replay`).
+"""Recording command streams: the recorder `vmfs serve --record` attaches and the starting tree.
 
-Format, version 1: JSON lines, one object per line, appended.
-
-- Session header, written each time a driver starts recording (replay restarts its driver at
-  each one): `{"vmfs_trace": 1, "share_size": N, "cap": C, "umask": U, "tree": [...] | null,
-  "tree_note": "..."}`. `umask` is the driver's, so replayed creations get the same modes.
-  `tree` is the served root when recording started (directory mode, at most TREE_LIMIT bytes):
-  `["d", path, mode]` (path "" is the root itself), `["f", path, mode, base64]`,
-  `["l", path, target]`, parents before children; null means replay needs `--root`.
-- Command taken: `{"t": "c", "b": batch, "i": queue index, "id": id, "c": type,
-  "w": [six u64 parameter words], "in": [blob, ...]}`. `b` numbers the batches (one engine pump
-  each) within the session; `w` is the raw 48-byte parameter area, garbage included; `in` holds
-  the input buffers the command reads from the share (paths, write data), in field order.
-- Completion written: `{"t": "r", "i": index, "id": id, "s": status, "d": data, "out": blob}`,
-  with `out` only when the command wrote into the share (read data, a stat record, a name).
-- A blob is `[share offset, base64 bytes]`, or `[offset, base64 first C bytes, size, sha256 hex]`
-  when the buffer is longer than the per-record cap C.
+The file format (version 2, and reading version 1) lives in `vmfs.tracefile`; replay in
+`vmfs.replay`. Everything the client gave (paths, write data, the starting tree) is recorded in
+full, so a session replays as it ran; what the driver produced (read data, stat records, names)
+keeps its first `cap` bytes and, when longer, its size and SHA-256, since replay recomputes it.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import os
 import stat
 import struct
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from vmfs.errors import UsageError, VmfsError
+from vmfs.tracefile import VERSION, Blob, Packer, TraceError, encode
 from vmfs.wire import (
     FAST_PARAMS,
     NUM_COMMANDS,
@@ -43,9 +28,7 @@ from vmfs.wire import (
     slot_offset,
 )
 
-VERSION = 1
 DEFAULT_CAP = 64 * 1024
-TREE_LIMIT = 1 << 20
 WORDS = struct.Struct("<6Q")
 
 INPUT_BUFFERS: dict[int, tuple[str, ...]] = {
@@ -58,7 +41,6 @@ INPUT_BUFFERS: dict[int, tuple[str, ...]] = {
     Command.DIR_REMOVE: ("path",),
     Command.DIR_OPEN: ("path",),
 }
-OUTPUT_COMMANDS = frozenset({Command.FILE_READ, Command.STAT, Command.DIR_READ})
 
 
 def fields(cmd: int, words: list[int] | tuple[int, ...]) -> dict[str, int]:
@@ -82,63 +64,62 @@ def output_length(cmd: int, status: int, data: int) -> int:
     return 0
 
 
-def blob(offset: int, read: Callable[[int, int], bytes], size: int, cap: int) -> list[Any]:
-    """A blob of `size` share bytes at `offset`, cut at `cap` with the whole one's digest."""
-    if size <= cap:
-        return [offset, base64.b64encode(read(offset, size)).decode()]
-    whole = read(offset, size)
-    digest = hashlib.sha256(whole).hexdigest()
-    return [offset, base64.b64encode(whole[:cap]).decode(), size, digest]
-
-
-def blob_bytes(b: list[Any]) -> bytes:
-    """The recorded bytes of a blob (only the first `cap` of a cut one)."""
-    return base64.b64decode(b[1])
-
-
 # ---------------------------------------------------------------------------------------------
 # The starting tree.
 
 
-def snapshot(root: str | os.PathLike[str], limit: int = TREE_LIMIT) -> tuple[list[Any] | None, str]:
-    """The tree under `root` as header entries, or None (and why) when it exceeds `limit`."""
+def snapshot(root: str | os.PathLike[str], packer: Packer) -> tuple[list[Any] | None, str]:
+    """The whole tree under `root` as header entries, or None (and why) when it cannot be read."""
     base = Path(root)
-    entries: list[Any] = [["d", "", stat.S_IMODE(base.stat().st_mode)]]  # the root's own mode
     total = 0
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames.sort()
-        here = Path(dirpath)
-        for name in sorted(dirnames + filenames):
-            path = here / name
-            rel = os.fsdecode(path.relative_to(base))
-            st = path.lstat()
-            if stat.S_ISLNK(st.st_mode):
-                entries.append(["l", rel, os.fsdecode(os.readlink(path))])
-            elif stat.S_ISDIR(st.st_mode):
-                entries.append(["d", rel, stat.S_IMODE(st.st_mode)])
-            elif stat.S_ISREG(st.st_mode):
-                total += st.st_size
-                if total > limit:
-                    return None, f"tree over {limit} bytes: replay with --root"
-                content = base64.b64encode(path.read_bytes()).decode()
-                entries.append(["f", rel, stat.S_IMODE(st.st_mode), content])
+    try:
+        entries: list[Any] = [["d", "", stat.S_IMODE(base.stat().st_mode)]]  # the root itself
+        for dirpath, dirnames, filenames in os.walk(base, onerror=_raise):
+            dirnames.sort()
+            here = Path(dirpath)
+            for name in sorted(dirnames + filenames):
+                path = here / name
+                rel = os.fsdecode(path.relative_to(base))
+                st = path.lstat()
+                if stat.S_ISLNK(st.st_mode):
+                    entries.append(["l", rel, os.fsdecode(os.readlink(path))])
+                elif stat.S_ISDIR(st.st_mode):
+                    entries.append(["d", rel, stat.S_IMODE(st.st_mode)])
+                elif stat.S_ISREG(st.st_mode):
+                    content = path.read_bytes()
+                    total += len(content)
+                    blob = Blob.of(0, content, packer=packer)
+                    entries.append(["f", rel, stat.S_IMODE(st.st_mode), blob])
+    except OSError as e:
+        return None, f"cannot read the served tree ({e}): replay with --root"
     return entries, f"{len(entries)} entries, {total} bytes"
 
 
-def build_tree(entries: list[Any], root: Path) -> None:
+def _raise(error: OSError) -> None:
+    raise error
+
+
+def build_tree(entries: Any, root: Path) -> None:
     """Recreate a snapshot's tree under `root` (modes applied to directories last)."""
     root.mkdir(parents=True, exist_ok=True)
     dirs = []
-    for entry in entries:
-        path = root / entry[1]
-        if entry[0] == "d":
-            path.mkdir(exist_ok=True)
-            dirs.append((path, entry[2]))
-        elif entry[0] == "f":
-            path.write_bytes(base64.b64decode(entry[3]))
-            path.chmod(entry[2])
-        elif entry[0] == "l":
-            os.symlink(entry[2], path)
+    try:
+        for entry in entries:
+            path = root / entry[1]
+            if Path(entry[1]).is_absolute() or ".." in Path(entry[1]).parts:
+                raise ValueError(f"path {entry[1]!r} outside the tree")
+            if entry[0] == "d":
+                path.mkdir(exist_ok=True)
+                dirs.append((path, entry[2]))
+            elif entry[0] == "f":
+                path.write_bytes(entry[3].data())
+                path.chmod(entry[2])
+            elif entry[0] == "l":
+                os.symlink(entry[2], path)
+            else:
+                raise ValueError(f"unknown entry {entry[0]!r}")
+    except (TypeError, ValueError, IndexError, AttributeError, OSError) as e:
+        raise TraceError(f"the trace's starting tree cannot be built: {e}") from None
     for path, mode in reversed(dirs):
         path.chmod(mode)
 
@@ -155,21 +136,28 @@ class Recorder:
         engine: Any,
         read: Callable[[int, int], bytes],
         share_size: int,
-        out: IO[str],
+        out: IO[bytes],
         root: str | None,
         cap: int = DEFAULT_CAP,
+        compress: bool = True,
     ) -> None:
+        if cap < 0:
+            raise UsageError(f"--record-cap must be 0 or more bytes, not {cap}")
         self.engine = engine
         self.read = read
         self.share_size = share_size
         self.out = out
         self.cap = cap
+        self.packer = Packer(compress)
         self.batch = 0
+        self.commands = self.completions = 0
         self._new_batch = False
         self._taken: dict[int, tuple[int, list[int]]] = {}
         umask = os.umask(0)
         os.umask(umask)
-        tree, note = snapshot(root) if root else (None, "not directory mode: replay with --root")
+        tree, note = (None, "not directory mode: replay with --root")
+        if root:
+            tree, note = snapshot(root, self.packer)
         self._write(
             {
                 "vmfs_trace": VERSION,
@@ -186,11 +174,23 @@ class Recorder:
         engine.tap = self.tap
 
     @classmethod
-    def attach(cls, driver: Any, path: str | os.PathLike[str], cap: int = DEFAULT_CAP) -> Recorder:
+    def attach(
+        cls,
+        driver: Any,
+        path: str | os.PathLike[str],
+        cap: int = DEFAULT_CAP,
+        compress: bool = True,
+    ) -> Recorder:
         """Record everything `driver` serves into `path` (appended)."""
+        if cap < 0:
+            raise UsageError(f"--record-cap must be 0 or more bytes, not {cap}")
         root = driver.options.root if driver.mounter is None else None
-        out = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
-        return cls(driver.engine, driver.share.copy_in, driver.share.size, out, root, cap)
+        try:
+            out = open(path, "ab")  # noqa: SIM115 - closed by close()
+        except OSError as e:
+            raise VmfsError(f"cannot record to {os.fspath(path)}: {e.strerror or e}") from None
+        share = driver.share
+        return cls(driver.engine, share.copy_in, share.size, out, root, cap, compress)
 
     def pump(self) -> bool:
         """One engine batch; commands taken during it share a batch number."""
@@ -221,9 +221,10 @@ class Recorder:
         for name in INPUT_BUFFERS.get(req.cmd, ()):
             offset, size = params[f"{name}.offset"], params[f"{name}.size"]
             if buffer_ok(offset, size, self.share_size):
-                inputs.append(blob(offset, self.read, size, self.cap))
+                inputs.append(Blob.of(offset, self.read(offset, size), packer=self.packer))
         if inputs:
             record["in"] = inputs
+        self.commands += 1
         self._write(record)
 
     def _complete(self, req: Any) -> None:
@@ -235,70 +236,18 @@ class Recorder:
             params = fields(cmd, words)
             offset, size = params["buf.offset"], params["buf.size"]
             if buffer_ok(offset, min(n, size), self.share_size):
-                record["out"] = blob(offset, self.read, min(n, size), self.cap)
+                out = self.read(offset, min(n, size))
+                record["out"] = Blob.of(offset, out, self.cap, self.packer)
+        self.completions += 1
         self._write(record)
 
     def _write(self, record: dict[str, Any]) -> None:
-        self.out.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.out.writelines(encode(record))
 
     def close(self) -> None:
+        """Stop recording and mark the session complete with its end record."""
         if self.engine.tap == self.tap:
             self.engine.tap = None
-        self.out.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading.
-
-
-class TraceError(Exception):
-    """The file is not a trace this version can read."""
-
-
-@dataclass
-class Session:
-    """One recording session: its header, commands taken (in order) and completions by index."""
-
-    header: dict[str, Any]
-    commands: list[dict[str, Any]] = field(default_factory=list)
-    completions: dict[int, dict[str, Any]] = field(default_factory=dict)
-
-    def batches(self) -> Iterator[list[dict[str, Any]]]:
-        batch: list[dict[str, Any]] = []
-        for command in self.commands:
-            if batch and command["b"] != batch[0]["b"]:
-                yield batch
-                batch = []
-            batch.append(command)
-        if batch:
-            yield batch
-
-
-def read_trace(path: str | os.PathLike[str]) -> list[Session]:
-    """Every session in a trace; a torn last line (driver killed mid-write) is dropped."""
-    sessions: list[Session] = []
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            if number == len(lines):
-                break
-            raise TraceError(f"{path}:{number}: not JSON: {e}") from e
-        if "vmfs_trace" in record:
-            if record["vmfs_trace"] != VERSION:
-                raise TraceError(f"{path}:{number}: trace version {record['vmfs_trace']}")
-            sessions.append(Session(record))
-        elif not sessions:
-            raise TraceError(f"{path}:{number}: record before any session header")
-        elif record.get("t") == "c":
-            sessions[-1].commands.append(record)
-        elif record.get("t") == "r":
-            sessions[-1].completions[record["i"]] = record
-        else:
-            raise TraceError(f"{path}:{number}: unknown record {record.get('t')!r}")
-    if not sessions:
-        raise TraceError(f"{path}: no session header")
-    return sessions
+        if not self.out.closed:
+            self._write({"t": "e", "commands": self.commands, "completions": self.completions})
+            self.out.close()

@@ -8,6 +8,7 @@ driver above sees only the interface.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import mmap
 import os
@@ -152,11 +153,16 @@ class LoopbackTransport:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
-        config, _ = map_file(self.directory / "vmfs_config", CONFIG_FORMAT.size)
-        self.sizes = RegionSizes.from_config(config)
-        config.close()
-        self.sizes.check()
         self._maps: list[mmap.mmap] = []
+        self._lock = lock_config(self.directory / "vmfs_config")
+        try:
+            config, _ = map_file(self.directory / "vmfs_config", CONFIG_FORMAT.size)
+            self.sizes = RegionSizes.from_config(config)
+            config.close()
+            self.sizes.check()
+        except BaseException:
+            os.close(self._lock)
+            raise
         self.command = self._map("vmfs_command", self.sizes.command)
         self.completion = self._map("vmfs_completion", self.sizes.completion)
         self.data = self._map("vmfs_data", self.sizes.data)
@@ -186,6 +192,31 @@ class LoopbackTransport:
             region.close()
         os.close(self._irq)
         os.close(self._notify)
+        os.close(self._lock)
+
+
+def lock_config(config: Path) -> int:
+    """Open `config` and hold an exclusive lock on it: one driver per loopback directory.
+
+    A second driver on the same queue would take the first one's commands and corrupt the
+    queue; it is refused here instead. The lock goes with the descriptor (and the process).
+    """
+    try:
+        fd = os.open(config, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise TransportError(
+            f"cannot open {config}: {e.strerror} "
+            f"(create the directory with `vmfs loopback create {config.parent}`)"
+        ) from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise TransportError(
+            f"{config.parent} is already served by another `vmfs serve` "
+            f"(it holds the lock on {config}); stop that one first"
+        ) from None
+    return fd
 
 
 UIO_SYSFS_ROOT = "/sys/class/uio"

@@ -2,6 +2,9 @@
 
     .venv/bin/python tests/traces/make_corpus.py            # every trace
     .venv/bin/python tests/traces/make_corpus.py errors     # just one
+    .venv/bin/python tests/traces/make_corpus.py guest      # recorded in the arm64 guest
+
+`v1/` keeps the corpus as first recorded in trace format version 1, which replay still reads.
 
 Each session speaks the raw protocol the way a real LionsOS client does (ids, path formats,
 buffer placement), so the traces exercise what those clients rely on (PROTOCOL.md section 6).
@@ -10,6 +13,7 @@ buffer placement), so the traces exercise what those clients rely on (PROTOCOL.m
 from __future__ import annotations
 
 import os
+import re
 import struct
 import sys
 import tempfile
@@ -17,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vmfs.client import UNIT, Client, Completion, LoopbackServer
+from vmfs.tracefile import read_trace, write_trace
 from vmfs.wire import Command, build_command
 
 HERE = Path(__file__).resolve().parent
@@ -287,10 +292,52 @@ def record(name: str, out_dir: Path = HERE) -> Path:
     return out
 
 
+GUEST_TREE_NOTE = "an empty FAT disk, formatted on the host before boot"
+
+
+def record_guest(out_dir: Path = HERE) -> Path:
+    """The demo's fs_session run in the arm64 guest and recorded there: fs_driver_init passes
+    `--record` when VMFS_RECORD is set, into the run directory the host shares over 9p."""
+    from vmfs.guest import disk
+    from vmfs.guest.build import build
+    from vmfs.guest.session import ProtocolClient, fs_session
+    from vmfs.guest.vmm import DRIVER_REAL, GUEST_RUN, Vmm
+
+    out = out_dir / "guest.trace"
+    with tempfile.TemporaryDirectory(prefix="vmfs-corpus-") as tmp:
+        image = disk.make_fat_image(Path(tmp) / "disk.img")
+        env = {"VMFS_RECORD": f"{GUEST_RUN}/guest.trace"}
+        with Vmm(build(), command=DRIVER_REAL, disk=image, env=env) as vmm:
+            machine = vmm.machine_args()  # no NIC: QEMU's default one needs a boot ROM package
+            vmm.machine_args = lambda: [*machine, "-nic", "none"]  # type: ignore[method-assign]
+            vmm.prepare()
+            client = ProtocolClient(vmm.client_transport(), log=lambda _: None)
+            vmm.start()
+            vmm.wait_ready()
+            fs_session(client)
+            # Stop the driver with SIGTERM and wait (a loaded host's emulated guest can take
+            # longer than the agent's grace before SIGKILL), so the trace gets its end record.
+            pid = re.search(r"started driver \(pid (\d+)\)", vmm.command_log())
+            assert pid, vmm.command_log()
+            stop = f"kill -TERM {pid[1]}; while kill -0 {pid[1]} 2>/dev/null; do sleep 0.2; done"
+            vmm.exec(stop, timeout=120)
+            vmm.stop()
+            recorded = read_trace(vmm.run_dir / "guest.trace")
+    # A block device has no starting tree in the trace; this one started empty, so say so.
+    # FAT keeps no permissions (every file reads 0755), so only file types compare.
+    for session in recorded:
+        session.header["tree"] = [["d", "", 0o755]]
+        session.header["tree_note"] = GUEST_TREE_NOTE
+        session.header["mode_bits"] = False
+    with open(out, "wb") as f:
+        write_trace(recorded, f)
+    return out
+
+
 def main(names: list[str]) -> int:
     for name in names or list(CORPUS):
-        path = record(name)
-        commands = sum(1 for line in path.read_text().splitlines() if '"t":"c"' in line)
+        path = record_guest() if name == "guest" else record(name)
+        commands = sum(len(s.commands) for s in read_trace(path))
         print(f"{path.relative_to(HERE.parent.parent)}: {commands} commands")
     return 0
 
