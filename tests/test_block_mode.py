@@ -4,22 +4,18 @@ unmounts it, and what the client wrote is on the image afterwards."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kernel_caps import NEEDS_MOUNT
 
 from vmfs.client import LoopbackServer
 from vmfs.wire import Status
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root"),
-    pytest.mark.skipif(not os.path.exists("/dev/loop-control"), reason="no loop devices"),
-    pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="mkfs.ext4 missing"),
-]
+pytestmark = NEEDS_MOUNT
 
 
 @pytest.fixture(autouse=True)
@@ -104,7 +100,6 @@ def loop_devices_over(image: Path, settle: float = 0.0) -> str:
         time.sleep(0.05)
 
 
-@pytest.mark.skipif(shutil.which("losetup") is None, reason="losetup missing")
 def test_sigterm_unmounts_and_detaches_and_the_next_driver_mounts_again(tmp_path: Path) -> None:
     image = tmp_path / "disk.img"
     subprocess.run(["mkfs.ext4", "-q", "-F", str(image), "16M"], check=True)

@@ -8,13 +8,13 @@ Words in braces name things the `places` fixture prepares (a file, a loopback di
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from kernel_caps import NEEDS_SWITCH_USER
 
 from vmfs.client_transport import create_loopback_dir
 
@@ -264,7 +264,7 @@ def test_loopback_create_makes_a_directory_serve_accepts(tmp_path: Path) -> None
     assert {"vmfs_fault", "vmfs_irq", "vmfs_notify"} <= names
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root")
+@NEEDS_SWITCH_USER
 def test_journal_in_an_unwritable_loopback_directory(tmp_path: Path) -> None:
     """The loopback files are writable, the directory is not: the journal cannot be made."""
     base = Path(os.path.realpath(tmp_path))

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from vmfs.client import Client, LoopbackServer
 from vmfs.wire import Command, Status, build_params
-
-REPO = Path(__file__).resolve().parent.parent
-SHARED_TOOLS = REPO.parent / "shared" / "tools"
 
 
 def test_every_command_once(client: Client, server: LoopbackServer) -> None:
@@ -127,33 +121,6 @@ def test_bad_loopback_dir_is_a_clear_error(tmp_path: Path) -> None:
         text=True,
     )
     assert out.returncode == 1 and "vmfs_config" in out.stderr
-
-
-@pytest.mark.skipif(
-    not (SHARED_TOOLS / "build-vmfsload").exists() or shutil.which("cc") is None,
-    reason="the shared vmfsload tool (../shared/tools) or a C compiler is not present",
-)
-def test_vmfsload_hostile_smoke(tmp_path: Path) -> None:
-    """The protocol smoke of the shared C load generator, hostile checks included."""
-    built = subprocess.run(
-        [str(SHARED_TOOLS / "build-vmfsload"), str(tmp_path / "bin")],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    load = built.stdout.strip().splitlines()[-1]
-    root = tmp_path / "root"
-    root.mkdir()
-    driver = f"{sys.executable} -m vmfs serve --loopback {{dir}} --root {{root}}"
-    run = subprocess.run(
-        [load, "--workload", "smoke", "--hostile", "--root", str(root), "--driver", driver],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    summary = [line for line in run.stderr.splitlines() if line.startswith("smoke:")]
-    failures = [line for line in run.stderr.splitlines() if line.startswith("FAIL")]
-    assert run.returncode == 0 and summary and " 0 failed" in summary[-1], failures or run.stderr
 
 
 def test_sigusr1_prints_counters_and_keeps_serving(client: Client, server: LoopbackServer) -> None:

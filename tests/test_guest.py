@@ -85,6 +85,13 @@ def test_burst_answered_exactly_once(guest: Guest) -> None:
     echo_session(guest.client, pipelined=600)  # more than one queue's worth
 
 
+def test_guest_has_no_network_device(guest: Guest) -> None:
+    """Booted with `-nic none`: no NIC, so QEMU needs no network boot ROM package."""
+    status, out = guest.vmm.exec("ls /sys/class/net")
+    assert status == 0, out
+    assert out.split() == ["lo"]
+
+
 def test_disk_round_trip(guest: Guest) -> None:
     """Runs last: powers the guest off, then reads the image on the host."""
     from vmfs.guest import disk

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import itertools
 from pathlib import Path
 
 import pytest
@@ -34,10 +34,6 @@ def test_dtb_fragment_has_five_generic_uio_nodes_and_one_interrupt() -> None:
     assert "vmfs_command@7bf10000" in text and "no-map" in text
 
 
-@pytest.mark.skipif(
-    not all(shutil.which(t) for t in ("sfdisk", "mkfs.fat", "mcopy")),
-    reason="needs fdisk, dosfstools and mtools",
-)
 def test_fat_image_round_trip(tmp_path: Path) -> None:
     from vmfs.guest import disk
 
@@ -47,6 +43,36 @@ def test_fat_image_round_trip(tmp_path: Path) -> None:
     disk.write_file(img, "/a.txt", b"abc")
     assert disk.list_files(img) == ["/a.txt"]
     assert disk.read_file(img, "/a.txt") == b"abc"
+
+
+def test_dtb_is_dumped_from_the_very_machine_options_that_boot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vmfs.guest import vmm as vmm_mod
+    from vmfs.guest.build import GuestImage
+
+    dumped: list[list[str]] = []
+
+    def fake_make_dtb(qemu: str, machine_args: list[str], directory: Path) -> Path:
+        dumped.append(list(machine_args))
+        return directory / "fake.dtb"
+
+    monkeypatch.setattr(vmm_mod, "make_dtb", fake_make_dtb)
+    image = GuestImage(str(tmp_path), "6.1.0-0-arm64", "vmlinuz", "initrd", "rootfs", "so", "bb")
+    vmm = vmm_mod.Vmm(image, smp=3)
+    vmm.run_dir = tmp_path / "run"
+    vmm.ram_path = tmp_path / "ram"
+    command = vmm.qemu_command()
+    assert len(dumped) == 1
+    machine = dumped[0]
+    assert command[1 : 1 + len(machine)] == machine
+    assert command[command.index("-dtb") + 1] == str(tmp_path / "run" / "fake.dtb")
+    pairs = list(itertools.pairwise(machine))
+    assert ("-nic", "none") in pairs and ("-smp", "3") in pairs
+    assert ("-M", "virt,memory-backend=ram0") in pairs
+    assert f"mem-path={tmp_path / 'ram'}" in machine[machine.index("-object") + 1]
+    rest = command[1 + len(machine) :]
+    assert not {"-M", "-machine", "-smp", "-m", "-cpu", "-accel", "-nic", "-net"} & set(rest)
 
 
 def test_standin_answers_each_command_once_within_free_slots() -> None:

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kernel_caps import NEEDS_MOUNT, NEEDS_VFAT
 
 from vmfs.mount import Mounter, MountError, first_partition
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root"),
-    pytest.mark.skipif(not os.path.exists("/dev/loop-control"), reason="no loop devices"),
-    *(
-        pytest.mark.skipif(shutil.which(tool) is None, reason=f"{tool} missing")
-        for tool in ("mkfs.ext4", "debugfs", "sfdisk", "losetup", "umount")
-    ),
-]
+pytestmark = NEEDS_MOUNT
 
 MIB = 1 << 20
 
@@ -200,15 +193,7 @@ def test_missing_device(tmp_path: Path, mnt: Path) -> None:
     assert "absent" in str(e.value)
 
 
-def vfat_available() -> bool:
-    with open("/proc/filesystems") as f:
-        if any(line.split()[-1] == "vfat" for line in f if line.strip()):
-            return True
-    return Path(f"/lib/modules/{os.uname().release}/kernel/fs/fat").is_dir()
-
-
-@pytest.mark.skipif(not vfat_available(), reason="kernel has no vfat")
-@pytest.mark.skipif(shutil.which("mkfs.vfat") is None, reason="mkfs.vfat (dosfstools) missing")
+@NEEDS_VFAT
 def test_fat_image(tmp_path: Path, mnt: Path) -> None:
     image = tmp_path / "fat.img"
     run("mkfs.vfat", "-C", str(image), str(16 * 1024))
@@ -221,7 +206,6 @@ def test_fat_image(tmp_path: Path, mnt: Path) -> None:
     m.unmount()
 
 
-@pytest.mark.skipif(shutil.which("mkfs.vfat") is None, reason="mkfs.vfat (dosfstools) missing")
 @pytest.mark.parametrize("fat_size", ["12", "16", "32"])
 def test_fat_boot_sector_is_not_a_partition_table(tmp_path: Path, fat_size: str) -> None:
     image = tmp_path / "fat.img"

@@ -189,7 +189,7 @@ class InitrdVm:
         return vmfs_nodes(self.regions, carveout=None) + chosen
 
     def qemu_command(self) -> list[str]:
-        dtb = make_dtb(QEMU, self.machine_args(), Path(self.image.cache), self.dtb_fragment())
+        dtb = make_dtb(QEMU, self.machine_args(), self.run_dir, self.dtb_fragment())
         args = self.machine_args()
         args[1] = "virt,memory-backend=ram0"
         run = self.run_dir

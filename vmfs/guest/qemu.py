@@ -7,7 +7,6 @@ the five `generic-uio` nodes of the LionsOS vmfs example.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import socket
 import subprocess
@@ -137,30 +136,31 @@ def vmfs_nodes(regions: dict[str, Region] = REGIONS, carveout: Region | None = C
     return "\n".join(lines) + "\n"
 
 
-def make_dtb(qemu: str, machine_args: list[str], cache: Path, fragment: str | None = None) -> Path:
-    """Dump QEMU's own DTB for these machine arguments and append `fragment` (default: the
-    vmfs nodes); cached by both."""
+def make_dtb(
+    qemu: str, machine_args: list[str], directory: Path, fragment: str | None = None
+) -> Path:
+    """QEMU's own DTB for exactly these machine arguments, with `fragment` appended (default:
+    the vmfs nodes).
+
+    Dumped for every boot (tens of milliseconds): it then always matches the machine that boots
+    and the installed QEMU, and QEMU's per-boot random seeds in /chosen stay per boot.
+    """
     fragment = vmfs_nodes() if fragment is None else fragment
-    key = hashlib.sha256((" ".join(machine_args) + fragment).encode()).hexdigest()[:16]
-    out = cache / "dtb" / f"vmfs-{key}.dtb"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    base = out.with_suffix(".base.dtb")
+    base = directory / "qemu.dtb"
+    out = directory / "vmfs.dtb"
     args = list(machine_args)
     i = args.index("-M") + 1
     args[i] = f"{args[i]},dumpdtb={base}"
-    subprocess.run([qemu, *args, "-display", "none"], check=True, capture_output=True)
+    dump = subprocess.run([qemu, *args, "-display", "none"], capture_output=True, text=True)
+    if dump.returncode != 0 or not base.exists():
+        raise QemuError(f"{qemu} could not dump its device tree: {dump.stderr.strip()}")
     dts = subprocess.run(
         ["dtc", "-q", "-I", "dtb", "-O", "dts", str(base)], check=True, capture_output=True
     ).stdout.decode()
-    tmp = out.with_suffix(".tmp")
     subprocess.run(
-        ["dtc", "-q", "-I", "dts", "-O", "dtb", "-o", str(tmp), "-"],
+        ["dtc", "-q", "-I", "dts", "-O", "dtb", "-o", str(out), "-"],
         input=(dts + fragment).encode(),
         check=True,
         capture_output=True,
     )
-    tmp.rename(out)
-    base.unlink()
     return out

@@ -156,19 +156,24 @@ class Vmm:
         return self._views[name]
 
     def machine_args(self) -> list[str]:
+        """The machine the guest boots on; the DTB is dumped from exactly these options.
+
+        No NIC (`-nic none`): the guest has no network, and QEMU's default NIC would need a
+        boot ROM from a package (ipxe-qemu) that nothing else here uses."""
         mem = RAM_SIZE // (1024 * 1024)
-        return ["-M", "virt", "-accel", "tcg", "-cpu", "cortex-a72", "-smp", str(self.smp),
-                "-m", str(mem)]  # fmt: skip
+        return [
+            "-M", "virt,memory-backend=ram0", "-accel", "tcg", "-cpu", "cortex-a72",
+            "-smp", str(self.smp), "-m", str(mem), "-nic", "none",
+            "-object", f"memory-backend-file,id=ram0,size={mem}M,mem-path={self.ram_path},share=on",
+        ]  # fmt: skip
 
     def qemu_command(self) -> list[str]:
-        mem = RAM_SIZE // (1024 * 1024)
-        dtb = make_dtb(QEMU, self.machine_args(), Path(self.image.cache))
-        args = self.machine_args()
-        args[1] = "virt,memory-backend=ram0"
+        machine = self.machine_args()
+        dtb = make_dtb(QEMU, machine, self.run_dir)
+        args = list(machine)
         run = self.run_dir
         append = "console=ttyAMA0 panic=-1 loglevel=4 uio_pdrv_genirq.of_id=generic-uio"
         args += [
-            "-object", f"memory-backend-file,id=ram0,size={mem}M,mem-path={self.ram_path},share=on",
             "-kernel", self.image.kernel, "-initrd", self.image.initramfs, "-dtb", str(dtb),
             "-append", append, "-no-reboot", "-display", "none", "-monitor", "none",
             "-serial", f"file:{run / 'console.log'}",
