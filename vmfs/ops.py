@@ -164,8 +164,11 @@ class Operations(DirectoryCommands):
         can make the file shorter; both claim the whole file, so they conflict and the claims
         are taken again after the barrier. Otherwise the size at this command's turn is at
         least the size now: a range that ends within it neither depends on nor changes it.
+        The size comes from lseek, a fraction of fstat's cost: every transfer names its
+        offset, so a handle's file position is never used.
         """
-        return transfer_claims(entry.key, position, length, writing, os.fstat(entry.fd).st_size)
+        size = os.lseek(entry.fd, 0, os.SEEK_END)
+        return transfer_claims(entry.key, position, length, writing, size)
 
     def _table_contended(self) -> bool:
         """Whether opens in flight could take the last free handles: a later open must then
