@@ -52,7 +52,7 @@ from hypothesis import strategies as st
 from vmfs.client import Client, LoopbackServer
 from vmfs.wire import QUEUE_CAPACITY, STAT_FAST, STAT_FIELDS, Command, OpenFlags, Status
 
-CI_EXAMPLES = int(os.environ.get("VMFS_DIFFERENTIAL_EXAMPLES", "40"))
+CI_EXAMPLES = int(os.environ.get("VMFS_DIFFERENTIAL_EXAMPLES", "100"))
 SLOW_EXAMPLES = int(os.environ.get("VMFS_DIFFERENTIAL_SLOW_EXAMPLES", "400"))
 FILES = ("a", "b", "d/c")  # the files a tree may start with; "d" is always a directory
 NAMES = ("a", "b", "d/c", "d", "e", "d/f")  # what commands name (some never exist at first)
