@@ -14,11 +14,13 @@ from typing import Any
 from vmfs.client import UNIT, Client
 from vmfs.wire import QUEUE_CAPACITY, Command, build_params
 
-# Every way the driver can run: the fast lane, the ordinary path alone, no io_uring at all.
+# Every way the driver can run: the fast lane, the ordinary path alone, no io_uring at all,
+# and file data copied through private buffers as on device memory.
 MODES = {
     "default": [],
     "no-fast-path": ["--no-fast-path"],
     "no-uring": ["--no-uring"],
+    "bounce": ["--bounce"],
 }
 
 
