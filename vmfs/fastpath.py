@@ -116,7 +116,7 @@ class FastLane:
         assert engine is not None
         key = entry.key
         if engine.ordering.file_writers and engine.ordering.conflicts(
-            ((key, position, position + size, False),)
+            self.ops.transfer_claims(entry, position, size, writing=False)
         ):
             return False
         mode = self.modes.get(key[0]) or self.mode(entry.fd, key[0])
@@ -157,7 +157,7 @@ class FastLane:
         engine = self.engine
         assert engine is not None
         if engine.in_flight and engine.ordering.conflicts(
-            ((key, position, position + size, True),)
+            self.ops.transfer_claims(entry, position, size, writing=True)
         ):
             return False
         req.params = params
@@ -178,8 +178,6 @@ class FastLane:
     def stat(self, req: Request, message: Any, off: int) -> bool:
         path_off, path_size, buf_off, buf_size = params = STAT_PARAMS.unpack_from(message, off + 16)
         share_size = self.size
-        if not 0 < path_size <= 4096 or path_off >= share_size or path_size > share_size - path_off:
-            return False
         if buf_size < STAT_SIZE or buf_off >= share_size or buf_size > share_size - buf_off:
             return False
         root = self.ops._root()
@@ -190,7 +188,7 @@ class FastLane:
         if engine.in_flight and engine.ordering.conflicts(STAT_CLAIMS):
             return False
         try:
-            relative = paths.parse(self.share.copy_in(path_off, path_size))
+            relative = paths.from_buffer(self.share, path_off, path_size)
         except PathRefused:
             return False
         req.params = params

@@ -317,6 +317,9 @@ class Engine:
         if req.synchronous or (self.in_flight and self.ordering.conflicts(claims)):
             fire(req, T["hold"])
             self.flush()
+            if not req.synchronous:  # what it claims may have changed (a file's size)
+                claims = self.ops.claims(req)
+                req.synchronous = claims is None
         try:
             req.steps = self.ops.table[cmd](req)
         except Exception as exc:

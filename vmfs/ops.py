@@ -21,11 +21,15 @@ from vmfs.handles import HandleTable, OpenDirectory, OpenFile
 from vmfs.ordering import (
     NAMESPACE_READ,
     NAMESPACE_WRITE,
+    READ,
     STAT_CLAIMS,
     WHOLE_FILE,
+    WRITE,
     Claim,
+    size_read,
+    transfer_claims,
 )
-from vmfs.paths import RESOLVE, PathRefused, status_of
+from vmfs.paths import RESOLVE, status_of
 from vmfs.request import Request, Steps
 from vmfs.shm import Share
 from vmfs.uring import (
@@ -127,13 +131,16 @@ class Operations(DirectoryCommands):
             entry = self.handles.file(p[0])
             if entry is None:
                 return ()
-            return ((entry.key, p[1], p[1] + p[3], cmd == Command.FILE_WRITE),)
-        if cmd in (Command.FILE_SIZE, Command.FILE_SYNC, Command.FILE_TRUNCATE, Command.FILE_CLOSE):
+            return self.transfer_claims(entry, p[1], p[3], cmd == Command.FILE_WRITE)
+        if cmd == Command.FILE_SIZE:
+            entry = self.handles.file(p[0])
+            return () if entry is None else size_read(entry.key)
+        if cmd in (Command.FILE_SYNC, Command.FILE_TRUNCATE, Command.FILE_CLOSE):
             entry = self.handles.file(p[0])
             if entry is None:
                 return ()
             writes = cmd == Command.FILE_TRUNCATE or cmd == Command.FILE_CLOSE
-            return ((entry.key, 0, WHOLE_FILE, writes),)
+            return ((entry.key, 0, WHOLE_FILE, WRITE if writes else READ),)
         if cmd == Command.STAT:
             return STAT_CLAIMS
         if (cmd == Command.FILE_OPEN or cmd == Command.DIR_OPEN) and self._table_contended():
@@ -147,6 +154,21 @@ class Operations(DirectoryCommands):
         if cmd == Command.DIR_OPEN or cmd == Command.DIR_REWIND:
             return NAMESPACE_READ
         return None
+
+    def transfer_claims(
+        self, entry: OpenFile, position: int, length: int, writing: bool
+    ) -> tuple[Claim, ...]:
+        """A FILE_READ's or FILE_WRITE's claims, against the file's size as it is now.
+
+        Only earlier commands have run or are in flight, and of those only a truncate or close
+        can make the file shorter; both claim the whole file, so they conflict and the claims
+        are taken again after the barrier. Otherwise the size at this command's turn is at
+        least the size now: a range that ends within it neither depends on nor changes it.
+        The size comes from lseek, a fraction of fstat's cost: every transfer names its
+        offset, so a handle's file position is never used.
+        """
+        size = os.lseek(entry.fd, 0, os.SEEK_END)
+        return transfer_claims(entry.key, position, length, writing, size)
 
     def _table_contended(self) -> bool:
         """Whether opens in flight could take the last free handles: a later open must then
@@ -179,12 +201,7 @@ class Operations(DirectoryCommands):
     # -- helpers ------------------------------------------------------------------------------
 
     def _path(self, offset: int, size: int) -> bytes:
-        """Copy the path out of the share once, then parse the copy."""
-        if not buffer_ok(offset, size, self.share.size):
-            raise PathRefused()
-        if size > 4096:  # longer than any valid path plus a NUL: refuse before copying
-            raise PathRefused()
-        return paths.parse(self.share.copy_in(offset, size))
+        return paths.from_buffer(self.share, offset, size)
 
     def _buffer_ok(self, offset: int, size: int) -> bool:
         return buffer_ok(offset, size, self.share.size)

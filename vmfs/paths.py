@@ -13,8 +13,9 @@ import errno
 import os
 import stat
 
+from vmfs.shm import Share
 from vmfs.uring import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2_sync
-from vmfs.wire import MAX_NAME_LENGTH, MAX_PATH_LENGTH, Status
+from vmfs.wire import MAX_NAME_LENGTH, MAX_PATH_LENGTH, Status, buffer_ok
 
 RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
 O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
@@ -29,12 +30,24 @@ class PathRefused(Exception):
         self.status = status
 
 
+def from_buffer(share: Share, offset: int, size: int) -> bytes:
+    """The root-relative path (for openat2; b"." for the root) in a client's path buffer.
+
+    The one check of PROTOCOL.md 4.0 rule 5 for every command that takes a path: a buffer that
+    is invalid or longer than MAX_PATH_LENGTH bytes is refused whatever it holds (a NUL ends
+    the path early, not the buffer), before anything is copied.
+    """
+    if size > MAX_PATH_LENGTH or not buffer_ok(offset, size, share.size):
+        raise PathRefused()
+    return parse(share.copy_in(offset, size))
+
+
 def parse(raw: bytes) -> bytes:
-    """Validate client path bytes; return a root-relative path for openat2 (b"." for the root)."""
+    """Validate path bytes (at most a buffer's bound); return the root-relative path."""
     nul = raw.find(b"\0")
     if nul >= 0:
         raw = raw[:nul]
-    if not raw or len(raw) > MAX_PATH_LENGTH:
+    if not raw:
         raise PathRefused()
     parts = [p for p in raw.split(b"/") if p and p != b"."]
     for part in parts:
