@@ -164,6 +164,8 @@ CASES = [
     case("guest unknown action", "guest frobnicate", USAGE, "invalid choice"),
     case("guest run without script", "guest run", USAGE, "script"),
     case("guest demo bad driver", "guest demo --driver imaginary", USAGE, "imaginary"),
+    case("guest cache is a file", "guest --cache {file} build", RUNTIME, "not a directory"),
+    case("guest run missing disk", "guest run true --disk /no/disk.img", RUNTIME, "--disk"),
 ]
 
 

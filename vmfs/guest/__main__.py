@@ -7,7 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from vmfs.guest import CACHE_ENV, MACHINE_CACHE
+from vmfs.errors import VmfsError
+from vmfs.guest import CACHE_ENV, MACHINE_CACHE, default_cache
 
 DESCRIPTION = (
     "Build and boot a real arm64 Linux guest (QEMU virt under TCG) whose vmfs_* UIO devices "
@@ -83,12 +84,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--disk", type=Path, help="FAT image attached as /dev/vda")
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """Refuse a cache that cannot be a directory or a disk that is not there, before any work."""
+    cache = args.cache if args.cache is not None else default_cache()
+    if cache.exists() and not cache.is_dir():
+        raise VmfsError(f"guest: the build cache {cache} exists and is not a directory")
+    disk = getattr(args, "disk", None)
+    if disk is not None and not disk.is_file():
+        raise VmfsError(f"guest: --disk {disk} is not an existing image file")
+
+
 def run_action(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(name)s: %(message)s"
     )
     if args.verbose:
         logging.getLogger().setLevel(logging.DEBUG)
+    _check_paths(args)
     if args.action == "build":
         from vmfs.guest.build import build
 

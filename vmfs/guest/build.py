@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from vmfs.errors import VmfsError
 from vmfs.guest import default_cache
 
 log = logging.getLogger("vmfs.guest.build")
@@ -47,7 +48,7 @@ SYSROOT_PACKAGES = ("libpython3.11-dev", "liburing-dev", "liburing2")
 INITRAMFS_MODULES = ("virtio_mmio", "9pnet_virtio", "9p", "overlay")
 
 
-class BuildError(Exception):
+class BuildError(VmfsError):
     """A build step failed; the message says which and why."""
 
 

@@ -20,6 +20,7 @@ from vmfs.guest.demo import check_disk
 from vmfs.guest.initrd import build_initrd
 from vmfs.guest.initrd_vm import InitrdVm
 from vmfs.guest.session import ProtocolClient, fs_session
+from vmfs.guest.vmm import GuestError
 from vmfs.wire import Command, Status
 
 DRIVER_PROCESS = "python3.11"
@@ -70,7 +71,7 @@ def run_initrd(
             answered = time.monotonic()
             result.first_completion_wall = answered - vm.started_at
             if res.status != Status.SUCCESS:
-                raise RuntimeError(f"INITIALISE -> {res}; console:\n{vm.console()[-3000:]}")
+                raise GuestError(f"INITIALISE -> {res}; console:\n{vm.console()[-3000:]}")
             say(f"INITIALISE (queued before boot) answered {result.first_completion_wall:.1f} s "
                 "after QEMU started")  # fmt: skip
             vm.wait_shell()

@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from vmfs.errors import VmfsError
 from vmfs.resources import PACKAGE_DIR
 
 SOURCE_ROOT = PACKAGE_DIR.parent  # the directory holding the vmfs package
@@ -29,7 +30,7 @@ NOT_SERVED = (
 THIRD_PARTY = ("construct", "transitions", "six", "_cffi_backend")
 
 
-class ProbeError(Exception):
+class ProbeError(VmfsError):
     """The probe driver did not start or did not serve the session."""
 
 

@@ -14,10 +14,11 @@ import threading
 import time
 from pathlib import Path
 
+from vmfs.errors import VmfsError
 from vmfs.guest import CARVEOUT, COMMAND_SPI, REGIONS, Region
 
 
-class QemuError(Exception):
+class QemuError(VmfsError):
     """QEMU refused a request or its control socket broke."""
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from vmfs import wire
 from vmfs.client import Client, Completion
 from vmfs.client_transport import ClientTransport
+from vmfs.errors import VmfsError
 from vmfs.wire import Command, OpenFlags, Status
 
 # Where the session puts things in the data share.
@@ -26,7 +27,7 @@ IO_BUF = 0x10000
 BIG_SIZE = 1024 * 1024
 
 
-class SessionError(Exception):
+class SessionError(VmfsError):
     """A command's answer was not what the session expected."""
 
 

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmfs.errors import VmfsError
 from vmfs.guest import CARVEOUT, RAM_BASE, RAM_SIZE, REGIONS
 from vmfs.guest.build import GuestImage, guest_python, precompile
 from vmfs.guest.qemu import Qmp, Qtest, make_dtb
@@ -304,7 +305,7 @@ class Vmm:
         return GuestClientTransport(self)
 
 
-class GuestError(Exception):
+class GuestError(VmfsError):
     """The guest died, hung, or did not get as far as expected; carries the console tail."""
 
 
