@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -80,6 +81,10 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         return driver.serve(restore_signal_handlers=False)
     finally:
+        # The stop is under way: a late SIGTERM/SIGINT must not cut short the unmount, the trace's
+        # end record or the exit (Python resets its own handlers to the default while it exits).
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
         if recorder is not None:
             recorder.close()
         driver.close()
