@@ -96,7 +96,6 @@ long vmfs_pread_bounce(int fd, char *bounce, char *share, size_t n, uint64_t pos
 long vmfs_pwrite_bounce(int fd, char *bounce, const char *share, size_t n, uint64_t pos);
 int vmfs_stat_record(int dfd, const char *path, uint64_t resolve, uint64_t *out);
 
-#define VMFS_DIR_CHUNK ...
 struct vmfs_dir { int fd; int at_end; uint64_t index; uint64_t stride; uint32_t marks; ...; };
 int vmfs_dir_init(struct vmfs_dir *d, int fd);
 int vmfs_dir_restart(struct vmfs_dir *d);

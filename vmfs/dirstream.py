@@ -21,9 +21,6 @@ from typing import Any
 
 from vmfs._native import ffi, lib
 
-CHUNK = lib.VMFS_DIR_CHUNK
-NAME_ROOM = 256  # the longest name (255 bytes) and its NUL
-
 
 class DirStream:
     """One open listing of the directory `fd` (which the caller owns and closes)."""
@@ -46,14 +43,6 @@ class DirStream:
         """Write the next name and a NUL at `out` (a `char *` with room for 256 bytes): the
         name's length, 0 at the end of the listing, or a negated errno."""
         return lib.vmfs_dir_read(self.state, out, device)
-
-    def next_name(self) -> bytes | None:
-        """The next name, or None at the end (for callers without a share)."""
-        out = ffi.new("char[]", NAME_ROOM)
-        n = lib.vmfs_dir_read(self.state, out, 0)
-        if n < 0:
-            raise OSError(-n, os.strerror(-n))
-        return ffi.buffer(out, n)[:] if n else None
 
     def seek(self, entry: int) -> int:
         """Position before entry number `entry` (at the end if there are fewer): 0 or -errno."""
