@@ -17,7 +17,7 @@ def test_bench_runs_every_workload_error_free(tmp_path: Path) -> None:
     )  # fmt: skip
     results = json.loads(out.stdout)
     seen = {(r["workload"], r["target"]) for r in results}
-    assert len(seen) == 10 * 5
+    assert len(seen) == 11 * 5
     for r in results:
         assert r["ops"] > 0 and r["errors"] == 0, r
         assert (r["driver_cpu_us_per_op"] is None) == (r["target"] in ("sync", "uring")), r

@@ -47,6 +47,37 @@ def session(client: Client, root: Path) -> list[object]:
         out.append((path, done.status, record))
     out.append(client.close(fd).status)
     out.append(client.read(fd, 0, 8)[0].status)
+    out += listing_session(client, root)
+    return out
+
+
+def listing_session(client: Client, root: Path) -> list[object]:
+    """Listing answers that do not depend on the filesystem's order: 600 names span a few
+    getdents64 chunks; seeks are checked against the same handle's own sequential reads."""
+    for n in range(600):
+        (root / "dir" / f"name-{n:04d}").touch()
+    out: list[object] = []
+    handle = client.opendir("/dir").data
+    listed = []
+    for _ in range(700):  # bounded: a listing that never ends fails instead of hanging
+        done = client.readdir(handle)
+        if not done[0].ok:
+            break
+        listed.append(done[1])
+    out += [sorted(listed), done[0].status, done[0].data, client.readdir(handle)[0].status]
+    out.append(client.telldir(handle).data)
+    for target in (599, 300, 0, 256, 700):
+        out.append(client.seekdir(handle, target).status)
+        out.append(client.telldir(handle).data)
+        done, name = client.readdir(handle)
+        out.append((done.status, name == (listed[target] if target < 600 else None)))
+    out.append(client.readdir(handle, size=255)[0].status)  # INVALID_BUFFER, nothing consumed
+    out.append(client.telldir(handle).data)
+    out.append(client.readdir(handle + 1)[0].status)  # INVALID_FD
+    out.append(client.rewinddir(handle).status)
+    out.append(client.readdir(handle)[1] == listed[0])
+    out.append(client.closedir(handle).status)
+    out.append(client.readdir(handle)[0].status)
     return out
 
 

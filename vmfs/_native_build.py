@@ -1,4 +1,4 @@
-"""cffi (API mode) build of vmfs._native: liburing, openat2, and shared-memory primitives.
+"""cffi (API mode) build of vmfs._native: liburing, openat2, directory streams, shared memory.
 
 Built at install time against the system's liburing headers (Debian: liburing-dev). The C
 helpers in csrc/ exist so one Python call does one whole step (prep + tag, reap a batch,
@@ -95,10 +95,17 @@ long vmfs_pwrite_full(int fd, const char *buf, size_t n, uint64_t pos);
 long vmfs_pread_bounce(int fd, char *bounce, char *share, size_t n, uint64_t pos, int flags);
 long vmfs_pwrite_bounce(int fd, char *bounce, const char *share, size_t n, uint64_t pos);
 int vmfs_stat_record(int dfd, const char *path, uint64_t resolve, uint64_t *out);
+
+struct vmfs_dir { int fd; int at_end; uint64_t index; uint64_t stride; uint32_t marks; ...; };
+int vmfs_dir_init(struct vmfs_dir *d, int fd);
+int vmfs_dir_restart(struct vmfs_dir *d);
+long vmfs_dir_fill(struct vmfs_dir *d);
+long vmfs_dir_read(struct vmfs_dir *d, char *out, int device);
+int vmfs_dir_seek(struct vmfs_dir *d, uint64_t target);
 """
 
 NATIVE_DIR = resource_path("csrc")
-NATIVE_PARTS = ("ring.c", "shm.c", "files.c", "mount.c")  # in dependency order
+NATIVE_PARTS = ("ring.c", "shm.c", "files.c", "dirs.c", "mount.c")  # in dependency order
 
 PRELUDE = r"""
 #define _GNU_SOURCE

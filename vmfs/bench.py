@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from vmfs.benchdirect import run_sync, run_uring
+from vmfs.benchlist import ensure_list_dir, run_list_direct, run_list_protocol
 from vmfs.benchload import (
     DATA_FILE,
     MIX_DIR,
@@ -54,7 +55,12 @@ def run_one(wl: Workload, target: str, root: Path, opts: Any, progress: Progress
         (root / MIX_DIR).mkdir()
     progress.start(wl, target, rec)
     try:
-        if target in ("sync", "uring"):
+        if target in ("sync", "uring") and wl.kind == "list":
+            run_list_direct(root, wl, rec)
+            result = rec.result(wl.name, target)
+            if target == "uring":
+                result.notes.append("io_uring has no getdents: listed as sync")
+        elif target in ("sync", "uring"):
             (run_sync if target == "sync" else run_uring)(root, wl, rec, opts.file_size)
             result = rec.result(wl.name, target)
         else:
@@ -88,7 +94,10 @@ def _run_driver(wl: Workload, target: str, root: Path, opts: Any, rec: Recorder)
                 raise RuntimeError(f"INITIALISE failed: {done}\n{srv.log()}")
             cpu = {"start": 0.0}
             rec.on_start = lambda: cpu.__setitem__("start", proc_cpu(pid))
-            run_protocol(srv, wl, rec, opts.file_size)
+            if wl.kind == "list":
+                run_list_protocol(srv, wl, rec)
+            else:
+                run_protocol(srv, wl, rec, opts.file_size)
             driver_cpu = proc_cpu(pid) - cpu["start"]
         finally:
             srv.close()
@@ -235,6 +244,8 @@ def main(opts: Any) -> int:
     root = Path(opts.root or tempfile.mkdtemp(prefix="vmfs-bench-root-", dir=DEFAULT_ROOT_PARENT))
     made_data_file = not (root / DATA_FILE).exists()
     ensure_data_file(root, opts.file_size)
+    if any(w.kind == "list" for w in selected):
+        ensure_list_dir(root)
     progress = Progress(
         sys.stderr, len(selected) * len(targets), sys.stderr.isatty() or opts.progress
     )

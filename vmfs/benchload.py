@@ -37,7 +37,7 @@ READS = frozenset({"seqread", "randread", "lat", "mixed"})
 @dataclass(frozen=True)
 class Workload:
     name: str
-    kind: str  # seqread randread write stat openclose mixed lat
+    kind: str  # seqread randread write stat openclose mixed lat list
     bs: int
     qd: int
     title: str
@@ -54,6 +54,7 @@ WORKLOADS = (
     Workload("openclose-qd16", "openclose", 0, 16, "open + close pairs, qd 16"),
     Workload("mixed-qd16", "mixed", 4096, 16, "mixed reads + directory ops, qd 16"),
     Workload("lat-4k-qd1", "lat", 4096, 1, "latency 4 KiB, qd 1"),
+    Workload("list-100k-qd16", "list", 0, 16, "listing 100 000 names (ops = names), qd 16"),
 )
 TARGETS = ("vmfs", "bounce", "no-uring", "record", "sync", "uring")
 # `record` is vmfs with `--record` (a trace file in the run's directory) to show its cost.

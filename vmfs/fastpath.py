@@ -5,10 +5,11 @@ generator, call tuples, ring prep and reap, claims) and to io_uring itself punti
 to worker threads, not to the reads. Two measures, both keeping `vmfs.ops` the one statement
 of every command's semantics:
 
-- `FastLane` answers the common, well-formed FILE_READ, FILE_WRITE and STAT in one native call
-  each. It only ever takes the success-shaped case: anything unusual (a bad buffer or handle,
-  an ordering conflict with in-flight work, an error, data not in the page cache) returns
-  False and the command goes the ordinary way, which then decides its status.
+- `FastLane` answers the common, well-formed FILE_READ, FILE_WRITE, STAT and DIR_READ in one
+  native call each. It only ever takes the success-shaped case (the end of a listing counts):
+  anything unusual (a bad buffer or handle, an ordering conflict with in-flight work, an error,
+  data not in the page cache) returns False and the command goes the ordinary way, which then
+  decides its status.
 - `Inline` lets the ordinary path perform a call synchronously when that cannot block on I/O
   (close, statx of an open file, an open whose lookup is in the dcache, anything on a memory
   filesystem) instead of through io_uring.
@@ -40,7 +41,7 @@ from vmfs.uring import (
     IORING_OP_UNLINKAT,
     perform,
 )
-from vmfs.wire import FAST_PARAMS, NUM_COMMANDS, STAT_SIZE, Command
+from vmfs.wire import DIR_READ_MIN_BUFFER, FAST_PARAMS, NUM_COMMANDS, STAT_SIZE, Command, Status
 
 TMPFS_MAGIC = 0x01021994
 RAMFS_MAGIC = 0x858458F6
@@ -56,6 +57,8 @@ RING = 3  # always the ring
 READ_PARAMS = FAST_PARAMS[Command.FILE_READ]
 WRITE_PARAMS = FAST_PARAMS[Command.FILE_WRITE]
 STAT_PARAMS = FAST_PARAMS[Command.STAT]
+DIR_READ_PARAMS = FAST_PARAMS[Command.DIR_READ]
+END_OF_DIRECTORY = int(Status.END_OF_DIRECTORY)
 NAMESPACE_CALLS = frozenset(
     {IORING_OP_MKDIRAT, IORING_OP_UNLINKAT, IORING_OP_RENAMEAT, IORING_OP_FTRUNCATE}
 )
@@ -73,7 +76,7 @@ Handler = Callable[[Request, Any, int], bool]
 
 
 class FastLane:
-    """Answers well-formed FILE_READ / FILE_WRITE / STAT in one native call each."""
+    """Answers well-formed FILE_READ / FILE_WRITE / STAT / DIR_READ in one native call each."""
 
     def __init__(self, ops: Operations, ring_available: bool) -> None:
         self.ops = ops
@@ -92,6 +95,7 @@ class FastLane:
         self.handlers[Command.FILE_READ] = self.file_read
         self.handlers[Command.FILE_WRITE] = self.file_write
         self.handlers[Command.STAT] = self.stat
+        self.handlers[Command.DIR_READ] = self.dir_read
 
     def attach(self, engine: EngineLike) -> None:
         self.engine = engine
@@ -199,6 +203,27 @@ class FastLane:
         self.share.copy_out(buf_off, self.stat_bytes)
         req.status = 0
         req.data = 0
+        return True
+
+    def dir_read(self, req: Request, message: Any, off: int) -> bool:
+        """The next name of a listing (`vmfs.dirstream`); a listing touches nothing another
+        command claims, so no ordering check is needed."""
+        handle, buf_off, buf_size = params = DIR_READ_PARAMS.unpack_from(message, off + 16)
+        if buf_size < DIR_READ_MIN_BUFFER or buf_off >= self.size or buf_size > self.size - buf_off:
+            return False
+        entry = self.handles.directory(handle)
+        if entry is None:
+            return False
+        engine = self.engine
+        assert engine is not None
+        req.params = params
+        if engine.journal:
+            engine.journal.started(req.index)
+        length = lib.vmfs_dir_read(entry.stream.state, self.base + buf_off, not self.direct)
+        if length < 0:
+            return False  # nothing consumed: the ordinary path tries again and picks the status
+        req.status = 0 if length else END_OF_DIRECTORY
+        req.data = length
         return True
 
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 import enum
 import os
 import random
-from array import array
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from itertools import accumulate, islice
+from dataclasses import dataclass
+
+from vmfs.dirstream import DirStream
 
 SLOT_BITS = 12
 MAX_SLOTS = 1 << SLOT_BITS
@@ -40,37 +39,10 @@ class OpenFile:
     key: tuple[int, int]  # (st_dev, st_ino): the object whose data this handle reaches
 
 
-class Listing:
-    """A directory snapshot packed into one buffer (names back to back, and where each ends):
-    a fraction of the memory a list of bytes objects takes."""
-
-    __slots__ = ("_blob", "_ends")
-
-    def __init__(self) -> None:
-        self._blob = bytearray()
-        self._ends = array("Q")
-
-    def extend(self, names: list[bytes]) -> None:
-        self._ends.extend(islice(accumulate(map(len, names), initial=len(self._blob)), 1, None))
-        self._blob += b"".join(names)
-
-    def __len__(self) -> int:
-        return len(self._ends)
-
-    def __getitem__(self, index: int) -> bytes:
-        start = self._ends[index - 1] if index else 0
-        return bytes(self._blob[start : self._ends[index]])
-
-    @property
-    def nbytes(self) -> int:
-        return len(self._blob) + self._ends.itemsize * len(self._ends)
-
-
 @dataclass(slots=True)
 class OpenDirectory:
     fd: int
-    names: Listing = field(default_factory=Listing)
-    position: int = 0
+    stream: DirStream  # the listing's position and its small read buffer (vmfs.dirstream)
 
 
 class HandleTable:
@@ -117,9 +89,6 @@ class HandleTable:
         slot = self._slot(handle)
         entry = None if slot is None else self._entries[slot]
         return entry if type(entry) is OpenDirectory else None
-
-    def directories(self) -> Iterator[OpenDirectory]:
-        return (entry for entry in self._entries if type(entry) is OpenDirectory)
 
     def remove(self, handle: int) -> OpenFile | OpenDirectory | None:
         """Forget `handle` (the caller closes the descriptor); None if it was not valid."""
