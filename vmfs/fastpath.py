@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from vmfs import paths
 from vmfs._native import ffi, lib
 from vmfs.ops import Operations
-from vmfs.ordering import STAT_CLAIMS, InFlight
+from vmfs.ordering import NAMESPACE_READ, STAT_CLAIMS, InFlight
 from vmfs.paths import RESOLVE, PathRefused
 from vmfs.request import Request
 from vmfs.uring import (
@@ -206,8 +206,8 @@ class FastLane:
         return True
 
     def dir_read(self, req: Request, message: Any, off: int) -> bool:
-        """The next name of a listing (`vmfs.dirstream`); a listing touches nothing another
-        command claims, so no ordering check is needed."""
+        """The next name of a listing (`vmfs.dirstream`), read from the live directory: it
+        waits (on the ordinary path) for namespace changes queued before it."""
         handle, buf_off, buf_size = params = DIR_READ_PARAMS.unpack_from(message, off + 16)
         if buf_size < DIR_READ_MIN_BUFFER or buf_off >= self.size or buf_size > self.size - buf_off:
             return False
@@ -216,6 +216,8 @@ class FastLane:
             return False
         engine = self.engine
         assert engine is not None
+        if engine.in_flight and engine.ordering.conflicts(NAMESPACE_READ):
+            return False
         req.params = params
         if engine.journal:
             engine.journal.started(req.index)

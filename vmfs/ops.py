@@ -73,8 +73,9 @@ CREATE_FLAG = int(OpenFlags.CREATE)  # a plain int: IntFlag arithmetic is slow o
 NAME_COMMANDS = frozenset(
     {Command.RENAME, Command.FILE_REMOVE, Command.DIR_CREATE, Command.DIR_REMOVE}
 )
-HANDLE_ONLY_COMMANDS = frozenset(
-    {Command.DIR_READ, Command.DIR_SEEK, Command.DIR_TELL, Command.DIR_CLOSE}
+HANDLE_ONLY_COMMANDS = frozenset({Command.DIR_TELL, Command.DIR_CLOSE})
+LISTING_COMMANDS = frozenset(  # they read the live directory (vmfs.dirstream)
+    {Command.DIR_OPEN, Command.DIR_REWIND, Command.DIR_READ, Command.DIR_SEEK}
 )
 
 
@@ -151,7 +152,7 @@ class Operations(DirectoryCommands):
             return NAMESPACE_WRITE
         if cmd in HANDLE_ONLY_COMMANDS:
             return ()
-        if cmd == Command.DIR_OPEN or cmd == Command.DIR_REWIND:
+        if cmd in LISTING_COMMANDS:
             return NAMESPACE_READ
         return None
 
