@@ -13,7 +13,7 @@ import select
 import time
 from pathlib import Path
 
-from vmfs.benchload import CMD, Recorder, Workload
+from vmfs.benchload import CMD, Recorder, Workload, wait_for_doorbell
 from vmfs.client import LoopbackServer
 from vmfs.wire import COMPLETION_FAST, Command, Status, slot_offset
 
@@ -92,13 +92,7 @@ def run_list_protocol(srv: LoopbackServer, wl: Workload, rec: Recorder) -> None:
                 break
             ctail = cload(8)
             if ctail == chead:
-                poller.poll(200)
-                try:
-                    os.read(tr.notify_fd(), 4096)
-                except BlockingIOError:
-                    pass
-                if srv.process is not None and srv.process.poll() is not None:
-                    raise RuntimeError(f"driver exited during {wl.name}:\n{srv.log()[-2000:]}")
+                wait_for_doorbell(poller, tr, srv, wl.name)
                 continue
             now = clock()
             while chead != ctail:

@@ -185,6 +185,17 @@ class Slot:
         self.dirpath = b""
 
 
+def wait_for_doorbell(poller: Any, tr: Any, srv: Any, workload: str) -> None:
+    """Sleep until the driver rings (200 ms at most); a driver that died ends the run."""
+    poller.poll(200)
+    try:
+        os.read(tr.notify_fd(), 4096)
+    except BlockingIOError:
+        pass
+    if srv.process is not None and srv.process.poll() is not None:
+        raise RuntimeError(f"driver exited during {workload}:\n{srv.log()[-2000:]}")
+
+
 def run_protocol(srv: LoopbackServer, wl: Workload, rec: Recorder, file_size: int) -> None:
     """Keep wl.qd commands in flight until the recorder says stop; account each answer."""
     client = srv.client
@@ -307,13 +318,7 @@ def run_protocol(srv: LoopbackServer, wl: Workload, rec: Recorder, file_size: in
             break
         ctail = cload(8)
         if ctail == chead:
-            poller.poll(200)
-            try:
-                os.read(tr.notify_fd(), 4096)
-            except BlockingIOError:
-                pass
-            if srv.process is not None and srv.process.poll() is not None:
-                raise RuntimeError(f"driver exited during {wl.name}:\n{srv.log()[-2000:]}")
+            wait_for_doorbell(poller, tr, srv, wl.name)
             continue
         now = clock()
         while chead != ctail:
