@@ -33,6 +33,7 @@ class InitrdRun:
     guest_mib: int
     initrd_bytes: int
     kernel: str = "debian"
+    kernel_release: str = ""  # `uname -r` in the guest
     first_completion_uptime: float = 0.0  # guest seconds since kernel start
     first_completion_wall: float = 0.0  # host seconds since QEMU started
     meminfo: dict[str, int] = field(default_factory=dict)
@@ -43,7 +44,8 @@ class InitrdRun:
 
 
 def _kb_fields(text: str) -> dict[str, int]:
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+):\s+(\d+) kB", text, re.M)}
+    # Not anchored: the console shell's prompt may still precede the first line.
+    return {m[1]: int(m[2]) for m in re.finditer(r"(\w+):\s+(\d+) kB", text)}
 
 
 def run_initrd(
@@ -84,6 +86,8 @@ def run_initrd(
             uptime = float(up.split()[-1])
             result.first_completion_uptime = uptime - (time.monotonic() - answered)
             fs_session(client, initialise=False)
+            _, release = vm.run("uname -r")
+            result.kernel_release = release.split()[-1]
             _, meminfo = vm.run("cat /proc/meminfo")
             result.meminfo = _kb_fields(meminfo)
             _, status = vm.run(f"cat /proc/$(pidof {DRIVER_PROCESS})/status")
