@@ -16,6 +16,8 @@ from pathlib import Path
 
 CACHE_ENV = "VMFS_GUEST_CACHE"
 MACHINE_CACHE = "/var/cache/vmfs/guest"
+# Kernels the initrd boots under: Debian's generic arm64 one, or `kernel.build_small_kernel`'s.
+KERNELS = ("debian", "small")
 
 
 def default_cache() -> Path:

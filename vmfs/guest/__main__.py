@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from vmfs.errors import VmfsError
-from vmfs.guest import CACHE_ENV, MACHINE_CACHE, default_cache
+from vmfs.guest import CACHE_ENV, KERNELS, MACHINE_CACHE, default_cache
 
 DESCRIPTION = (
     "Build and boot a real arm64 Linux guest (QEMU virt under TCG) whose vmfs_* UIO devices "
@@ -55,6 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     demo.add_argument(
         "--memory", type=int, default=128, metavar="MIB", help="with --initrd: guest memory"
+    )
+    demo.add_argument(
+        "--kernel",
+        choices=KERNELS,
+        default="debian",
+        help="with --initrd: Debian's generic arm64 kernel (default), or a small one built from "
+        "linux-source-6.1 with only what vmfs needs (a 64 MiB guest needs it; built once, "
+        "minutes)",
     )
     image = sub.add_parser(
         "image",
@@ -122,7 +130,7 @@ def run_action(args: argparse.Namespace) -> int:
         if args.initrd:
             from vmfs.guest.initrd_demo import demo_initrd
 
-            return demo_initrd(args.cache, args.keep, args.memory)
+            return demo_initrd(args.cache, args.keep, args.memory, args.kernel)
         driver = {"standin": DRIVER_STANDIN, "real": DRIVER_REAL, None: demo_mod.DEMO_DRIVER}
         return demo_mod.demo(driver[args.driver], args.cache, args.keep)
     from vmfs.guest.build import build

@@ -37,6 +37,7 @@ HOST_PACKAGES = (
     "qemu-system-arm", "debootstrap", "device-tree-compiler", "gcc-aarch64-linux-gnu",
     "libc6-dev-arm64-cross", "linux-source-6.1", "linux-kbuild-6.1", "mtools", "dosfstools",
     "fdisk", "cpio", "xz-utils", "kmod", "make",
+    "flex", "bison", "bc",  # the small kernel (kernel.py): Kconfig's parser, timeconst
 )  # fmt: skip
 # Runtime of vmfs in the guest: python3, liburing and cffi's C backend for arm64; the pure-Python
 # dependencies and vmfs itself are staged per boot (see vmm.stage_python).

@@ -19,6 +19,7 @@ from vmfs.guest.build import build
 from vmfs.guest.demo import check_disk
 from vmfs.guest.initrd import build_initrd
 from vmfs.guest.initrd_vm import InitrdVm
+from vmfs.guest.kernel import build_small_kernel
 from vmfs.guest.session import ProtocolClient, fs_session
 from vmfs.guest.vmm import GuestError
 from vmfs.wire import Command, Status
@@ -32,6 +33,8 @@ class InitrdRun:
 
     guest_mib: int
     initrd_bytes: int
+    kernel: str = "debian"
+    kernel_release: str = ""  # `uname -r` in the guest
     first_completion_uptime: float = 0.0  # guest seconds since kernel start
     first_completion_wall: float = 0.0  # host seconds since QEMU started
     meminfo: dict[str, int] = field(default_factory=dict)
@@ -42,7 +45,8 @@ class InitrdRun:
 
 
 def _kb_fields(text: str) -> dict[str, int]:
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+):\s+(\d+) kB", text, re.M)}
+    # Not anchored: the console shell's prompt may still precede the first line.
+    return {m[1]: int(m[2]) for m in re.finditer(r"(\w+):\s+(\d+) kB", text)}
 
 
 def run_initrd(
@@ -51,18 +55,22 @@ def run_initrd(
     keep: bool = False,
     log: bool = True,
     importtime: bool = False,
+    kernel: str = "debian",
 ) -> InitrdRun:
     """Boot, serve the session, measure, power off, check the disk; raise on any mismatch."""
     say = print if log else (lambda *_a: None)
     cache = cache or default_cache()
     image = build(cache)
+    kernel_image = build_small_kernel(cache) if kernel == "small" else None
     with tempfile.TemporaryDirectory(prefix="vmfs-initrd-demo-") as tmp:
         made = build_initrd(Path(tmp) / "vmfs-initrd.cpio.gz", cache)
         say(f"initrd: {made.compressed} bytes gzip, {made.unpacked} unpacked")
         img = disk.make_fat_image(Path(tmp) / "disk.img")
         extra = "PYTHONPROFILEIMPORTTIME=1" if importtime else ""
-        result = InitrdRun(guest_mib, made.compressed)
-        vm = InitrdVm(image, made.path, img, guest_mib=guest_mib, extra_append=extra)
+        result = InitrdRun(guest_mib, made.compressed, kernel)
+        vm = InitrdVm(
+            image, made.path, img, guest_mib=guest_mib, extra_append=extra, kernel=kernel_image
+        )
         try:
             client = ProtocolClient(vm.client_transport(), log=say)
             first = client.submit(Command.INITIALISE)
@@ -79,6 +87,8 @@ def run_initrd(
             uptime = float(up.split()[-1])
             result.first_completion_uptime = uptime - (time.monotonic() - answered)
             fs_session(client, initialise=False)
+            _, release = vm.run("uname -r")
+            result.kernel_release = release.split()[-1]
             _, meminfo = vm.run("cat /proc/meminfo")
             result.meminfo = _kb_fields(meminfo)
             _, status = vm.run(f"cat /proc/$(pidof {DRIVER_PROCESS})/status")
@@ -99,15 +109,18 @@ def run_initrd(
                 shutil.rmtree(vm.run_dir, ignore_errors=True)
         check_disk(img, real=True)
     m, s = result.meminfo, result.driver_status
-    say(f"guest {guest_mib} MiB: MemTotal {m.get('MemTotal')} kB, MemFree {m.get('MemFree')} kB, "
+    say(f"guest {guest_mib} MiB, {kernel} kernel: MemTotal {m.get('MemTotal')} kB, "
+        f"MemFree {m.get('MemFree')} kB, "
         f"MemAvailable {m.get('MemAvailable')} kB; driver VmRSS {s.get('VmRSS')} kB "
         f"(peak {s.get('VmHWM')} kB); first completion at guest uptime "
         f"{result.first_completion_uptime:.1f} s")  # fmt: skip
     return result
 
 
-def demo_initrd(cache: Path | None = None, keep: bool = False, guest_mib: int = 128) -> int:
+def demo_initrd(
+    cache: Path | None = None, keep: bool = False, guest_mib: int = 128, kernel: str = "debian"
+) -> int:
     started = time.monotonic()
-    run_initrd(guest_mib, cache, keep)
+    run_initrd(guest_mib, cache, keep, kernel=kernel)
     print(f"initrd demo OK in {time.monotonic() - started:.1f} s")
     return 0

@@ -30,12 +30,39 @@ MIB = 1024 * 1024
 LIONSOS_INITRD = 0x47000000  # the example's initrd address and window (linux_overlayed.dts)
 LIONSOS_WINDOW = 8 * MIB
 DONE = re.compile(rb"@@rc=(\d+)@@")
+# Debian's kernel reserves 64 MiB of CMA, which the initramfs (ramfs pages) cannot use; and at boot
+# its 6.1 tracefs gives every trace event a dentry and inode (about 8 MB of slab, never freed).
+# Neither is needed to serve, and at 64 MiB the second decides whether the initrd unpacks.
+LEAN_KERNEL = "cma=0 initcall_blacklist=tracer_init_tracefs"
+
+
+REGION_ROOM_MIB = 72  # the 65 MiB of vmfs regions, rounded up
+DTB_ROOM_MIB = 2  # QEMU aligns the DTB to 2 MiB, as early arm64 kernels map it
+
+
+def qemu_dtb_mib(qemu_mib: int) -> int:
+    """MiB above RAM_BASE where QEMU's direct kernel boot puts the DTB when there is no
+    `-initrd` (hw/arm/boot.c): halfway into its RAM, at most 128 MiB in, 2 MiB aligned. (It
+    would go higher only for a kernel image ending above that; both kernels here end far below.)"""
+    half = min(qemu_mib * MIB // 2, 128 * MIB)
+    return -(-half // (DTB_ROOM_MIB * MIB)) * DTB_ROOM_MIB
+
+
+def regions_offset_mib(guest_mib: int) -> int:
+    """MiB above RAM_BASE where the vmfs regions start: right above the guest's memory, or higher
+    when QEMU's DTB would land on them (guests of 76 MiB and less), which leaves the DTB in the
+    gap between the guest's memory and the regions (the kernel reads it there, as at any
+    address, and copies it at boot)."""
+    base = guest_mib
+    while qemu_dtb_mib(base + REGION_ROOM_MIB) + DTB_ROOM_MIB > base:
+        base += DTB_ROOM_MIB
+    return base
 
 
 def regions_above(guest_mib: int) -> tuple[dict[str, Region], Region]:
-    """The vmfs regions, laid out as in the 1 GiB harness but starting right above the guest's
-    memory; and the span they cover."""
-    base = RAM_BASE + guest_mib * MIB
+    """The vmfs regions, laid out as in the 1 GiB harness but above the guest's memory, clear of
+    QEMU's DTB; and the span they cover."""
+    base = RAM_BASE + regions_offset_mib(guest_mib) * MIB
     moved = {
         r.name: Region(r.name, base + r.phys - CARVEOUT.phys, r.size) for r in REGIONS.values()
     }
@@ -121,12 +148,14 @@ class InitrdVm:
         disk: Path | None = None,
         guest_mib: int = 128,
         extra_append: str = "",
+        kernel: Path | None = None,
     ) -> None:
         self.image = image
+        self.kernel = str(kernel) if kernel is not None else image.kernel
         self.initrd = initrd
         self.disk = disk
         self.guest_mib = guest_mib
-        self.qemu_mib = guest_mib + 72  # room for the 65 MiB of regions above the guest
+        self.qemu_mib = regions_offset_mib(guest_mib) + REGION_ROOM_MIB
         self.extra_append = extra_append
         self.regions, self.span = regions_above(guest_mib)
         self.run_dir = Path(tempfile.mkdtemp(prefix="vmfs-initrd-"))
@@ -193,12 +222,12 @@ class InitrdVm:
         args = self.machine_args()
         args[1] = "virt,memory-backend=ram0"
         run = self.run_dir
-        append = (f"console=ttyAMA0 panic=-1 loglevel=4 mem={self.guest_mib}M cma=0 "
+        append = (f"console=ttyAMA0 panic=-1 loglevel=4 mem={self.guest_mib}M {LEAN_KERNEL} "
                   f"uio_pdrv_genirq.of_id=generic-uio {self.extra_append}").strip()  # fmt: skip
         args += [
             "-object", f"memory-backend-file,id=ram0,size={self.qemu_mib}M,"
                        f"mem-path={self.ram_path},share=on",
-            "-kernel", self.image.kernel, "-dtb", str(dtb), "-append", append,
+            "-kernel", self.kernel, "-dtb", str(dtb), "-append", append,
             "-device", f"loader,file={self.initrd},addr=0x{initrd_address(self.guest_mib):x},"
                        "force-raw=on",
             "-no-reboot", "-display", "none", "-monitor", "none",
