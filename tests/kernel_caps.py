@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-CAP_SETGID = 6
-CAP_SETUID = 7
 CAP_SYS_ADMIN = 21
 
 
@@ -50,7 +48,3 @@ NEEDS_MOUNT = [
     pytest.mark.skipif(not has_loop_devices(), reason="kernel has no loop devices"),
 ]
 NEEDS_VFAT = pytest.mark.skipif(not has_filesystem("vfat", "fat"), reason="kernel has no vfat")
-NEEDS_SWITCH_USER = pytest.mark.skipif(
-    not has_capabilities(CAP_SETUID, CAP_SETGID),
-    reason="kernel has no CAP_SETUID/CAP_SETGID for this process (run as root)",
-)
