@@ -241,6 +241,11 @@ def check(servers: dict[tuple[str, str], tuple[Client, Path]], case: Case) -> No
 # What the long run found when reads past the end did not wait for a write growing the file.
 @example(case=Case(Tree({"a": b""}), [("write", 0, 1, 1, 1), ("read", 0, 0, 1)]))
 @example(case=Case(Tree({"a": bytes(100)}), [("read", 0, 0, 1000), ("write", 0, 5000, 10, 1)]))
+@example(  # a listing reads the live directory: it must see the remove queued before it
+    case=Case(
+        Tree({"a": b""}), [("write", 0, 0, 1, 1), ("read", 0, 0, 1), ("remove", "a"), ("readdir",)]
+    )
+)
 def test_pipelined_batch_answers_as_one_at_a_time(servers, case: Case) -> None:
     check(servers, case)
 
