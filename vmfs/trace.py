@@ -141,8 +141,6 @@ class Recorder:
         cap: int = DEFAULT_CAP,
         compress: bool = True,
     ) -> None:
-        if cap < 0:
-            raise UsageError(f"--record-cap must be 0 or more bytes, not {cap}")
         self.engine = engine
         self.read = read
         self.share_size = share_size
