@@ -7,6 +7,7 @@ and 1 for a runtime failure; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -67,28 +68,20 @@ def _serve(args: argparse.Namespace) -> int:
         fast_path=not args.no_fast_path,
         bounce=args.bounce,
     )
-    try:
+    with contextlib.ExitStack() as cleanup:  # closed in reverse: trace, driver, transport
+        cleanup.callback(transport.close)
         driver = Driver(transport, options)
-    except BaseException:
-        transport.close()
-        raise
-    try:
+        cleanup.callback(driver.close)
         recorder = _recorder(driver, args)
-    except BaseException:
-        driver.close()
-        transport.close()
-        raise
-    try:
-        return driver.serve(restore_signal_handlers=False)
-    finally:
-        # The stop is under way: a late SIGTERM/SIGINT must not cut short the unmount, the trace's
-        # end record or the exit (Python resets its own handlers to the default while it exits).
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)
         if recorder is not None:
-            recorder.close()
-        driver.close()
-        transport.close()
+            cleanup.callback(recorder.close)
+        try:
+            return driver.serve(restore_signal_handlers=False)
+        finally:
+            # The stop is under way: a late SIGTERM/SIGINT must not cut short the trace's end
+            # record, the closing or the exit (Python resets its handlers while it exits).
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_IGN)
 
 
 def _recorder(driver: Any, args: argparse.Namespace) -> Recorder | None:
