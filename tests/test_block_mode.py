@@ -33,11 +33,16 @@ def is_mount_point(path: Path) -> bool:
         return any(line.split()[4] == target for line in f)
 
 
-def test_initialise_mounts_and_deinitialise_unmounts(tmp_path: Path) -> None:
+def ext4_image(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """A 16 MiB ext4 image, its mount point, and the serve arguments that mount one on the other."""
     image = tmp_path / "disk.img"
     subprocess.run(["mkfs.ext4", "-q", "-F", str(image), "16M"], check=True)
     mnt = tmp_path / "mnt"
-    args = ["--block-device", str(image), "--mount-point", str(mnt)]
+    return image, mnt, ["--block-device", str(image), "--mount-point", str(mnt)]
+
+
+def test_initialise_mounts_and_deinitialise_unmounts(tmp_path: Path) -> None:
+    image, mnt, args = ext4_image(tmp_path)
     with LoopbackServer(directory=tmp_path / "loop", extra_args=args) as srv:
         c = srv.client
         assert c.stat("/")[0].status == Status.ERROR
@@ -63,10 +68,7 @@ def test_initialise_mounts_and_deinitialise_unmounts(tmp_path: Path) -> None:
 
 
 def test_a_restarted_driver_finds_the_filesystem_still_mounted(tmp_path: Path) -> None:
-    image = tmp_path / "disk.img"
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image), "16M"], check=True)
-    mnt = tmp_path / "mnt"
-    args = ["--block-device", str(image), "--mount-point", str(mnt)]
+    _, mnt, args = ext4_image(tmp_path)
     with LoopbackServer(directory=tmp_path / "loop", extra_args=args) as srv:
         assert srv.client.initialise().ok
         srv.stop()
@@ -101,10 +103,7 @@ def loop_devices_over(image: Path, settle: float = 0.0) -> str:
 
 
 def test_sigterm_unmounts_and_detaches_and_the_next_driver_mounts_again(tmp_path: Path) -> None:
-    image = tmp_path / "disk.img"
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image), "16M"], check=True)
-    mnt = tmp_path / "mnt"
-    args = ["--block-device", str(image), "--mount-point", str(mnt)]
+    image, mnt, args = ext4_image(tmp_path)
     with LoopbackServer(directory=tmp_path / "loop", extra_args=args) as srv:
         c = srv.client
         assert c.initialise().ok
