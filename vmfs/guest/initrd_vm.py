@@ -205,8 +205,11 @@ class InitrdVm:
     # ---- boot -------------------------------------------------------------------------
 
     def machine_args(self) -> list[str]:
-        return ["-M", "virt", "-accel", "tcg", "-cpu", "cortex-a72", "-smp", "1",
-                "-m", f"{self.qemu_mib}M", "-nic", "none"]  # fmt: skip
+        """The machine the guest boots on; the DTB is dumped from exactly these options."""
+        return ["-M", "virt,memory-backend=ram0", "-accel", "tcg", "-cpu", "cortex-a72",
+                "-smp", "1", "-m", f"{self.qemu_mib}M", "-nic", "none",
+                "-object", f"memory-backend-file,id=ram0,size={self.qemu_mib}M,"
+                           f"mem-path={self.ram_path},share=on"]  # fmt: skip
 
     def dtb_fragment(self) -> str:
         start = initrd_address(self.guest_mib)
@@ -218,15 +221,12 @@ class InitrdVm:
         return vmfs_nodes(self.regions, carveout=None) + chosen
 
     def qemu_command(self) -> list[str]:
-        dtb = make_dtb(QEMU, self.machine_args(), self.run_dir, self.dtb_fragment())
         args = self.machine_args()
-        args[1] = "virt,memory-backend=ram0"
+        dtb = make_dtb(QEMU, args, self.run_dir, self.dtb_fragment())
         run = self.run_dir
         append = (f"console=ttyAMA0 panic=-1 loglevel=4 mem={self.guest_mib}M {LEAN_KERNEL} "
                   f"uio_pdrv_genirq.of_id=generic-uio {self.extra_append}").strip()  # fmt: skip
         args += [
-            "-object", f"memory-backend-file,id=ram0,size={self.qemu_mib}M,"
-                       f"mem-path={self.ram_path},share=on",
             "-kernel", self.kernel, "-dtb", str(dtb), "-append", append,
             "-device", f"loader,file={self.initrd},addr=0x{initrd_address(self.guest_mib):x},"
                        "force-raw=on",
