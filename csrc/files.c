@@ -1,5 +1,5 @@
-/* File-system calls done at once: confined opens, statx, and the fast-lane read/write/STAT
-  kernels (part of vmfs._native; see vmfs/_native_build.py). */
+/* File-system calls done at once: confined opens, statx, and the whole-transfer read/write
+  loops (part of vmfs._native; see vmfs/_native_build.py). */
 
 /* One attempt, EAGAIN included: with RESOLVE_CACHED it means "not in the dcache, use io_uring". */
 static int vmfs_openat2_once(int dfd, const char *path, uint64_t flags, uint64_t mode,
@@ -88,34 +88,4 @@ static long vmfs_pread_bounce(int fd, char *bounce, char *share, size_t n, uint6
 static long vmfs_pwrite_bounce(int fd, char *bounce, const char *share, size_t n, uint64_t pos) {
     vmfs_copy_aligned(bounce, share, n);
     return vmfs_pwrite_full(fd, bounce, n, pos);
-}
-
-/* STAT in one call: resolve confined (openat2 O_PATH), statx, close, and fill the 17 u64 of the
-   protocol's stat record (PROTOCOL 3.6) in out. 0, or -errno of the failing step. */
-static int vmfs_stat_record(int dfd, const char *path, uint64_t resolve, uint64_t *out) {
-    struct statx sx;
-    int fd = vmfs_openat2(dfd, path, O_PATH | O_CLOEXEC, 0, resolve);
-    int ret;
-    if (fd < 0) return fd;
-    ret = statx(fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS, &sx) < 0 ? -errno : 0;
-    close(fd);
-    if (ret < 0) return ret;
-    out[0] = makedev(sx.stx_dev_major, sx.stx_dev_minor);
-    out[1] = sx.stx_ino;
-    out[2] = sx.stx_mode;
-    out[3] = sx.stx_nlink;
-    out[4] = sx.stx_uid;
-    out[5] = sx.stx_gid;
-    out[6] = makedev(sx.stx_rdev_major, sx.stx_rdev_minor);
-    out[7] = sx.stx_size;
-    out[8] = sx.stx_blksize;
-    out[9] = sx.stx_blocks;
-    out[10] = (uint64_t)sx.stx_atime.tv_sec;
-    out[11] = (uint64_t)sx.stx_mtime.tv_sec;
-    out[12] = (uint64_t)sx.stx_ctime.tv_sec;
-    out[13] = sx.stx_atime.tv_nsec;
-    out[14] = sx.stx_mtime.tv_nsec;
-    out[15] = sx.stx_ctime.tv_nsec;
-    out[16] = sx.stx_blocks * 512;
-    return 0;
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,26 @@ from typing import Any
 import pytest
 
 from vmfs.client import Client, LoopbackServer
+
+# `VMFS_TEST_ENGINE=python` runs every driver the tests start with --no-fast-path: the Python
+# engine alone, without the native loop. scripts/test runs the hostile battery, the traces and
+# the end-to-end tests that way too, so both engines answer every attack and every trace.
+ENGINE_VARIABLE = "VMFS_TEST_ENGINE"
+PYTHON_ENGINE = os.environ.get(ENGINE_VARIABLE) == "python"
+
+
+@pytest.fixture(autouse=True)
+def engine_under_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not PYTHON_ENGINE:
+        return
+    start = LoopbackServer.start
+
+    def start_without_native(self: LoopbackServer) -> None:
+        if "--no-fast-path" not in self.extra_args:
+            self.extra_args.append("--no-fast-path")
+        start(self)
+
+    monkeypatch.setattr(LoopbackServer, "start", start_without_native)
 
 
 @pytest.fixture
@@ -57,7 +78,9 @@ def local(request, tmp_path) -> Iterator[tuple[Client, Path]]:
     root.mkdir()
     loop = create_loopback_dir(tmp_path / "loop", data_size=4 << 20)
     transport = LoopbackTransport(loop)
-    driver = Driver(transport, Options(root=str(root), use_uring=request.param == "uring"))
+    options = Options(root=str(root), use_uring=request.param == "uring")
+    options.fast_path = not PYTHON_ENGINE
+    driver = Driver(transport, options)
     client = Client(PumpedTransport(LoopbackClientTransport(loop), driver), timeout=5)
     assert client.initialise().ok
     yield client, root

@@ -30,7 +30,7 @@ NOT_SOURCE = shutil.ignore_patterns(
     ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.so", "*.o",
     ".pytest_cache", ".ruff_cache", ".hypothesis", ".cache",
 )  # fmt: skip
-CHECKOUT_SOURCES = sorted(p.name for p in (REPO / "csrc").glob("*.c"))
+CHECKOUT_SOURCES = sorted(p.name for p in (REPO / "csrc").iterdir() if p.suffix in (".c", ".h"))
 
 
 # ---- the lookup, in both layouts ---------------------------------------------------------------

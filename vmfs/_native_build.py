@@ -94,7 +94,6 @@ long vmfs_pread_full(int fd, char *buf, size_t n, uint64_t pos, int flags);
 long vmfs_pwrite_full(int fd, const char *buf, size_t n, uint64_t pos);
 long vmfs_pread_bounce(int fd, char *bounce, char *share, size_t n, uint64_t pos, int flags);
 long vmfs_pwrite_bounce(int fd, char *bounce, const char *share, size_t n, uint64_t pos);
-int vmfs_stat_record(int dfd, const char *path, uint64_t resolve, uint64_t *out);
 
 struct vmfs_dir { int fd; int at_end; uint64_t index; uint64_t stride; uint32_t marks; ...; };
 int vmfs_dir_init(struct vmfs_dir *d, int fd);
@@ -102,10 +101,126 @@ int vmfs_dir_restart(struct vmfs_dir *d);
 long vmfs_dir_fill(struct vmfs_dir *d);
 long vmfs_dir_read(struct vmfs_dir *d, char *out, int device);
 int vmfs_dir_seek(struct vmfs_dir *d, uint64_t target);
+struct vmfs_facts {
+    uint32_t capacity, message_size, header_size, head_offset, tail_offset;
+    uint32_t id_offset, type_offset, params_offset;
+    uint32_t completion_status_offset, completion_data_offset;
+    uint32_t num_commands, num_statuses, max_path, max_name, stat_size;
+    uint64_t max_file_offset, resolve;
+    uint64_t open_access_mask, open_known, open_create, open_base, file_mode;
+    uint32_t st_error, st_invalid_buffer, st_invalid_fd, st_invalid_read, st_invalid_write;
+    uint32_t st_invalid_path, st_too_many_open_files;
+    uint32_t journal_words;
+    uint64_t journal_started, journal_written;
+    /* the request machine: table[state * ntriggers + trigger] -> next state, or -1 */
+    const int8_t *table;
+    uint32_t nstates, ntriggers;
+    uint32_t idle, take, answer, publish;
+};
+
+struct vmfs_handle {
+    int32_t fd;
+    uint8_t kind, readable, writable, io;
+    uint64_t dev, ino;
+};
+
+struct vmfs_handles {
+    struct vmfs_handle *entries;
+    uint32_t *generation;
+    uint32_t *free_fifo;
+    uint32_t limit, slot_bits, generation_mask, free_first, free_count;
+};
+
+/* Counters, as vmfs.stats.Counters reads them. */
+struct vmfs_counts {
+    uint64_t *by_command; /* (num_commands + 1) rows of num_statuses */
+    uint64_t *latency;    /* log2 buckets of nanoseconds */
+    uint64_t *batches;    /* log2 buckets of commands taken per batch */
+    uint32_t latency_buckets, batch_buckets;
+};
+
+struct vmfs_ctx {
+    struct vmfs_facts f;
+    struct vmfs_handles handles;
+    struct vmfs_counts counts;
+    uint8_t *native;      /* per command type: VMFS_NATIVE_* (0: Python serves it) */
+    uint8_t *share;
+    uint64_t share_size;
+    char *bounce;
+    uint64_t bounce_size;
+    int device_memory, ring_available, memory_root;
+    int root_fd, special_for, special;
+    uint64_t io_known_for; /* the device whose I/O mode is io_known (VMFS_IO_*; 0: none) */
+    int io_known;
+    uint64_t *journal;    /* the journal's first entry, or NULL */
+    uint64_t crash_on_id; /* tests of restart safety: die when this id starts (0: never) */
+    int crash_exit_code;
+    /* the serve loop */
+    uint8_t *cmdq, *cmplq;
+    uint8_t *slot_state;
+    uint64_t head, next_take, cmpl_tail;
+    int irq_fd, wake_fd, notify_fd, uio;
+    uint8_t *doorbell;
+    int spin_us, idle_ms;
+    uint64_t served, batches_run;
+    /* the last command answered with a status other than SUCCESS (for the refusal log) */
+    uint64_t refused_index, refused_id, refused_cmd, refused_status;
+    uint64_t refused_params[6];
+    /* tests: every transition the loop made, as (from << 16 | trigger << 8 | to) */
+    uint32_t *transitions;
+    uint32_t transitions_len, transitions_cap;
+};
+
+#define VMFS_PUNT ...
+#define VMFS_ANSWERED ...
+#define VMFS_KIND_FILE ...
+#define VMFS_KIND_DIR ...
+#define VMFS_NATIVE_READ ...
+#define VMFS_NATIVE_WRITE ...
+#define VMFS_NATIVE_STAT ...
+#define VMFS_NATIVE_OPEN ...
+#define VMFS_NATIVE_CLOSE ...
+#define VMFS_NATIVE_SIZE ...
+#define VMFS_LOOP_PYTHON ...
+#define VMFS_LOOP_WOKEN ...
+#define VMFS_LOOP_IDLE ...
+#define VMFS_LOOP_REFUSED ...
+#define VMFS_LOOP_QUEUE ...
+#define VMFS_LOOP_ILLEGAL ...
+int vmfs_buffer_ok(uint64_t offset, uint64_t size, uint64_t share_size);
+int64_t vmfs_batch_limit(uint64_t capacity, uint64_t head, uint64_t next_take, uint64_t tail,
+                         uint64_t cmpl_tail, uint64_t cmpl_head, uint64_t outstanding,
+                         int *problem);
+int64_t vmfs_handle_add(struct vmfs_ctx *c, int kind, int fd, int readable, int writable,
+                        uint64_t dev, uint64_t ino);
+int vmfs_handle_slot(const struct vmfs_ctx *c, uint64_t handle, int kind);
+void vmfs_handle_free(struct vmfs_ctx *c, int slot);
+long vmfs_share_path(const struct vmfs_ctx *c, uint64_t offset, uint64_t size, char *out);
+uint32_t vmfs_check_transfer(const struct vmfs_ctx *c, const uint64_t *p, int writing,
+                             int *slot);
+uint32_t vmfs_check_stat(const struct vmfs_ctx *c, const uint64_t *p, char *path);
+uint32_t vmfs_check_open(struct vmfs_ctx *c, int root, const uint64_t *p, char *path,
+                         uint64_t *linux_flags, uint64_t *mode);
+int64_t vmfs_open_finish(struct vmfs_ctx *c, int fd, uint64_t flags);
+uint32_t vmfs_close_handle(struct vmfs_ctx *c, uint64_t handle);
+void vmfs_stat_out(const struct vmfs_ctx *c, uint64_t offset, const struct statx *sx);
+int vmfs_native_command(struct vmfs_ctx *c, uint64_t index, uint64_t id, uint64_t cmd,
+                        const uint64_t *p, uint32_t *status, uint64_t *data);
+int vmfs_serve(struct vmfs_ctx *c);
+int vmfs_native_slot(struct vmfs_ctx *c, uint64_t index, uint32_t *status, uint64_t *data);
 """
 
 NATIVE_DIR = resource_path("csrc")
-NATIVE_PARTS = ("ring.c", "shm.c", "files.c", "dirs.c", "mount.c")  # in dependency order
+NATIVE_PARTS = (
+    "ring.c",
+    "shm.c",
+    "files.c",
+    "dirs.c",
+    "mount.c",
+    "context.h",
+    "handles.c",
+    "serve.c",
+)  # in dependency order
 
 PRELUDE = r"""
 #define _GNU_SOURCE
@@ -115,7 +230,10 @@ PRELUDE = r"""
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <poll.h>
+#include <time.h>
 #include <sys/mount.h>
+#include <sys/statvfs.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/syscall.h>

@@ -20,7 +20,7 @@ from vmfs.handles import HandleTable, OpenDirectory
 from vmfs.paths import RESOLVE, status_of
 from vmfs.request import Request, Steps
 from vmfs.shm import Share
-from vmfs.wire import DIR_READ_MIN_BUFFER, Status
+from vmfs.wire import DIR_READ_MIN_BUFFER, Status, buffer_ok
 
 DIR_OPEN_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NONBLOCK
 
@@ -30,7 +30,6 @@ class DirectoryCommands:
     handles: HandleTable
     _root: Callable[[], int | None]
     _path: Callable[[int, int], bytes]
-    _buffer_ok: Callable[[int, int], bool]
     _issue_handle: Callable[[Request, OpenDirectory], None]
     _share_base: Any = None  # a `char *` to the share, made on first use
 
@@ -64,7 +63,7 @@ class DirectoryCommands:
 
     def dir_read(self, req: Request) -> Steps:
         handle, buf_off, buf_size = req.params
-        if not self._buffer_ok(buf_off, buf_size) or buf_size < DIR_READ_MIN_BUFFER:
+        if not buffer_ok(buf_off, buf_size, self.share.size) or buf_size < DIR_READ_MIN_BUFFER:
             req.finish(Status.INVALID_BUFFER)
             return
         entry = self.handles.directory(handle)

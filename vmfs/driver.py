@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmfs import fastpath, fsm, uring
+from vmfs import fsm, inline, native, uring
+from vmfs._native import lib
 from vmfs.handles import HandleTable
+from vmfs.journal import HEADER_SIZE as JOURNAL_HEADER_SIZE
 from vmfs.journal import Journal
 from vmfs.ops import Operations
 from vmfs.refusals import RefusalLog
@@ -43,7 +45,8 @@ class Options:
     handle_limit: int = 1024
     state_dir: str | None = None
     inline_ops: frozenset[int] = frozenset()
-    fast_path: bool = True  # vmfs.fastpath: answer common commands without the ring
+    fast_path: bool = True  # the native loop (vmfs.native) and inline calls (vmfs.inline)
+    spin_us: int = 0  # the native loop polls the queue this long before it sleeps
     bounce: bool = False  # treat the share as device memory even on loopback (measuring)
 
 
@@ -62,9 +65,7 @@ class Driver:
         self.mount_state = Lifecycle()
         fsm.mount_machine(self.mount_state)
         self.counters = Counters()
-        self.handles = HandleTable(options.handle_limit)
         self.share = Share(transport.data, transport.direct_io and not options.bounce)
-        self.root_fd: int | None = None
         self.mounter: Any = None
         if options.block_device:
             from vmfs.mount import Mounter
@@ -76,20 +77,23 @@ class Driver:
                 self.ring = uring.Ring(options.ring_entries)
             except (uring.RingUnavailable, OSError) as e:
                 log.warning("io_uring unavailable (%s); serving with synchronous calls", e)
-        inline = set(options.inline_ops)
+        inline_ops = set(options.inline_ops)
         if self.ring is not None:
-            inline |= {op for op in uring.Op if op not in self.ring.supported}
+            inline_ops |= {op for op in uring.Op if op not in self.ring.supported}
         self.journal = Journal(self._state_dir() / "journal", self._identity())
+        self.native = native.Context(options.handle_limit, ring_available=self.ring is not None)
+        self.handles = HandleTable(context=self.native)
         self.ops = Operations(
             self.share, self.handles, lambda: self.root_fd, self.initialise, self.deinitialise
         )
-        fast = None
-        if options.fast_path:
-            lane = fastpath.FastLane(self.ops, self.ring is not None)
-            fast = lane.handlers
+        self.native.attach_queues(transport.command, transport.completion)
+        self.native.attach_journal(self.journal.mapping, JOURNAL_HEADER_SIZE)
+        counters = self.counters
+        self.native.attach_counts(counters.by_status, counters.latency, counters.batches)
+        self.native.ctx.spin_us = options.spin_us
         try_now = None
         if options.fast_path and self.ring is not None:
-            try_now = fastpath.Inline(lambda: self.root_fd)
+            try_now = inline.Inline(lambda: self.root_fd)
         self.engine = fsm.Engine(
             QueueView(transport.command, SharedIndexWords(transport.command)),
             QueueView(transport.completion, SharedIndexWords(transport.completion)),
@@ -99,13 +103,11 @@ class Driver:
             lambda: self.root_fd is not None,
             journal=self.journal,
             counters=self.counters,
-            inline_ops=frozenset(inline),
-            fast=fast,
+            inline_ops=frozenset(inline_ops),
+            native=self.native if options.fast_path else None,
             try_now=try_now,
             device_memory=not self.share.direct,
         )
-        if options.fast_path:
-            lane.attach(self.engine)
         self.engine.notify = transport.notify
         self.refusals = RefusalLog(detail=log.isEnabledFor(logging.DEBUG))
         self.engine.on_refusal = self.refusals
@@ -120,6 +122,8 @@ class Driver:
         """Tests of restart safety only: die, as a crash would, when the command with this id
         starts (after the journal has recorded it). A poison command, on demand."""
         log.warning("%s=%d: this driver dies on that command", CRASH_ON_ID_VARIABLE, cmd_id)
+        self.native.ctx.crash_on_id = cmd_id
+        self.native.ctx.crash_exit_code = CRASH_EXIT_CODE
 
         def wrap(run: Any) -> Any:
             def crash_or_run(req: Any) -> Any:
@@ -133,6 +137,15 @@ class Driver:
             self.ops.table[cmd] = wrap(run)
 
     # -- state --------------------------------------------------------------------------------
+
+    @property
+    def root_fd(self) -> int | None:
+        """The served root's descriptor (kept in the native context, which both loops read)."""
+        return self.native.root_fd
+
+    @root_fd.setter
+    def root_fd(self, fd: int | None) -> None:
+        self.native.root_fd = fd
 
     def _state_dir(self) -> Path:
         if self.options.state_dir:
@@ -263,8 +276,22 @@ class Driver:
             poller.register(ring_fd, select.POLLIN)
         self.lifecycle.resume()
         engine = self.engine
+        natively = engine.native is not None
+        if natively:
+            irq_fd, notify_fd, doorbell = self.transport.native_signals()
+            self.native.attach_transport(irq_fd, notify_fd, doorbell, wake_r)
         try:
             while not self._stopping:
+                if natively and engine.tap is None and engine.quiescent():
+                    reason = engine.run_native()
+                    if reason == lib.VMFS_LOOP_WOKEN:
+                        _drain(wake_r)
+                        continue
+                    if reason == lib.VMFS_LOOP_IDLE:
+                        self.refusals.roll()
+                        continue
+                    if reason == lib.VMFS_LOOP_REFUSED:
+                        continue
                 if engine.pump():
                     continue
                 for fd, _ in poller.poll(1000):
@@ -295,6 +322,8 @@ class Driver:
     def _report(self, *_: Any) -> None:
         for line in self.counters.report().splitlines():
             log.info("counters: %s", line.strip())
+        if self.engine.native is not None:
+            log.info("counters: served by the native loop: %d", self.native.ctx.served)
 
     def _unmount_on_stop(self) -> None:
         """A clean stop leaves no filesystem mounted and no loop device attached: the device
@@ -319,6 +348,7 @@ class Driver:
         )
 
     def close(self) -> None:
+        self.native.close()
         self.handles.close_all()
         if self.root_fd is not None:
             os.close(self.root_fd)

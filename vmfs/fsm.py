@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from transitions import Machine
 
+from vmfs._native import ffi, lib
 from vmfs.journal import WRITTEN
 from vmfs.ordering import InFlight
 from vmfs.paths import PathRefused, status_of
@@ -30,6 +31,7 @@ from vmfs.request import Request
 from vmfs.shm import DeviceSlots
 from vmfs.stats import Counters
 from vmfs.wire import (
+    COMMAND_PARAMS_OFFSET,
     COMPLETION_FAST,
     FAST_PARAMS,
     MESSAGE_HEADER,
@@ -146,7 +148,7 @@ IDLE, QUEUED, SUBMITTED = STATE["idle"], STATE["queued"], STATE["submitted"]
 BARRIER_WAIT, COMPLETED = STATE["barrier_wait"], STATE["completed"]
 T = TRIGGER  # short alias for the hot path
 _TAKE = T["take"]
-_ANSWERED = TABLE[QUEUED][T["answer"]]  # where a request answered at once goes
+_ANSWER = T["answer"]
 
 
 def fire(req: Request, trigger: int) -> None:
@@ -165,8 +167,6 @@ def fire(req: Request, trigger: int) -> None:
 
 class Executor(Protocol):
     """What the engine needs of io_uring (vmfs.uring.Ring; tests use a fake)."""
-
-    pending: int
 
     def submit_call(self, call: tuple[Any, ...], tag: int) -> Any: ...
 
@@ -207,7 +207,7 @@ class Engine:
         journal: JournalLike | None = None,
         counters: Counters | None = None,
         inline_ops: frozenset[int] = frozenset(),
-        fast: list[Any] | None = None,
+        native: Any = None,
         try_now: Callable[[tuple[Any, ...]], int | None] | None = None,
         device_memory: bool = False,
     ) -> None:
@@ -220,7 +220,11 @@ class Engine:
         self.journal = journal
         self.counters = counters or Counters()
         self.inline_ops = inline_ops
-        self.fast = fast or [None] * NUM_COMMANDS  # per command: answer at once, or False
+        # vmfs.native.Context with the queues attached: serves the common commands in C
+        self.native = native
+        if native is not None:
+            self._native_ctx = native.ctx
+            self._native_out = ffi.new("uint32_t *"), ffi.new("uint64_t *")
         self.try_now = try_now  # a call performed now, or None for the ring
         self.slots = [Request() for _ in range(QUEUE_CAPACITY)]
         self.head = commands.head  # lowest command index not yet answered and published
@@ -233,6 +237,7 @@ class Engine:
         # Queue regions in device memory are read and written only by aligned slot copies.
         self.command_slots = DeviceSlots(commands.region) if device_memory else None
         self.completion_slots = DeviceSlots(completions.region) if device_memory else None
+        self.native_served = 0
         self.tap: Callable[[str, Request], None] | None = None
         self.on_refusal: Callable[[Request], None] | None = None  # each non-SUCCESS completion
         queued = (commands.tail - self.head) & U64_MASK
@@ -261,7 +266,7 @@ class Engine:
         region = self.cmdq.region
         device_slots = self.command_slots
         slots = self.slots
-        fast = self.fast if self.tap is None else _NO_FAST
+        native = self.native is not None and self.tap is None
         clock = time.perf_counter_ns
         for _ in range(took):
             index = self.next_take
@@ -285,10 +290,7 @@ class Engine:
                 if entry is not None:
                     self._recover(req, entry)
                     continue
-            handler = fast[cmd] if cmd < NUM_COMMANDS else None
-            if handler is not None and handler(req, message, moff):
-                req.state = _ANSWERED
-                self.write_completion(req)
+            if native and not self.in_flight and self._serve_natively(req, message, moff):
                 continue
             self.dispatch(req, message, moff)
         if took:
@@ -296,6 +298,50 @@ class Engine:
         reaped = self.reap_ready()
         published = self.publish()
         return bool(took or reaped or published)
+
+    def _serve_natively(self, req: Request, message: Any, off: int) -> bool:
+        """The command served by the native code the C loop uses (nothing is in flight, so
+        queue order holds); False: the ordinary path serves it."""
+        status, data = self._native_out
+        if lib.vmfs_native_slot(self._native_ctx, req.index, status, data) != lib.VMFS_ANSWERED:
+            return False
+        fire(req, _ANSWER)
+        req.status, req.data = status[0], data[0]
+        if req.status:
+            req.params = FAST_PARAMS[req.cmd].unpack_from(message, off + COMMAND_PARAMS_OFFSET)
+        self.write_completion(req)
+        return True
+
+    def quiescent(self) -> bool:
+        """Nothing taken, in flight, unwritten or unpublished: the native loop may take over."""
+        return (
+            not self.outstanding
+            and not self.in_flight
+            and self.head == self.next_take
+            and self.cmpl_published == self.cmpl_tail
+            and not self._recovering
+        )
+
+    def run_native(self) -> int:
+        """Serve in the native loop (csrc/serve.c) until it hands back; its reason
+        (lib.VMFS_LOOP_*). The loop continues exactly where this engine stands, and this
+        engine where the loop stopped: nothing is ever in flight across the hand-over."""
+        c = self._native_ctx
+        c.head = c.next_take = self.next_take
+        c.cmpl_tail = self.cmpl_tail
+        before = c.served
+        code = lib.vmfs_serve(c)
+        self.head = self.next_take = c.next_take
+        self.cmpl_tail = self.cmpl_published = c.cmpl_tail
+        if code == lib.VMFS_LOOP_ILLEGAL:
+            raise IllegalTransition("the native loop met a step the request machine lacks")
+        if code == lib.VMFS_LOOP_REFUSED and self.on_refusal is not None:
+            req = Request()
+            req.index, req.id, req.cmd = c.refused_index, c.refused_id, c.refused_cmd
+            req.status, req.params = c.refused_status, tuple(c.refused_params)
+            self.on_refusal(req)
+        self.native_served += c.served - before
+        return code
 
     def dispatch(self, req: Request, message: Any, off: int) -> None:
         """Start one command parsed from `message` (the slot, or its private copy) at `off`."""
@@ -308,7 +354,7 @@ class Engine:
         if not self.initialised() and cmd > Command.DEINITIALISE:
             self._answer(req, Status.ERROR, T["answer"])
             return
-        params = FAST_PARAMS[cmd].unpack_from(message, off + 16)
+        params = FAST_PARAMS[cmd].unpack_from(message, off + COMMAND_PARAMS_OFFSET)
         req.params = params
         if self.journal:
             self.journal.started(req.index)
@@ -484,4 +530,3 @@ class Engine:
 
 
 _COMPLETION_SLOT = struct.Struct(COMPLETION_FAST.format + f"{MESSAGE_SIZE - COMPLETION_FAST.size}x")
-_NO_FAST: list[Any] = [None] * NUM_COMMANDS

@@ -5,30 +5,27 @@ reuse bumps the slot's generation, so a closed value comes back only after 2^19 
 same slot: a stale or forged value fails the lookup instead of reaching another file. Each
 slot's first generation is random, so a driver restarted after a crash does not hand out the
 values its previous life did (the client may still hold those).
+
+The table itself lives in the native context (`vmfs.native.Context`, csrc/handles.c), so the
+native serve loop and the Python engine see one table; this class is Python's view of it.
 """
 
 from __future__ import annotations
 
-import enum
 import os
 import random
-from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from vmfs._native import lib
 from vmfs.dirstream import DirStream
 
-SLOT_BITS = 12
-MAX_SLOTS = 1 << SLOT_BITS
-GENERATION_BITS = 31 - SLOT_BITS
-GENERATION_MASK = (1 << GENERATION_BITS) - 1
-
+if TYPE_CHECKING:
+    from vmfs.native import Context
 
 _RANDOM = random.SystemRandom()
-
-
-class Kind(enum.IntEnum):
-    FILE = 1
-    DIRECTORY = 2
+_FILE = lib.VMFS_KIND_FILE
+_DIRECTORY = lib.VMFS_KIND_DIR
 
 
 @dataclass(slots=True)
@@ -48,71 +45,84 @@ class OpenDirectory:
 class HandleTable:
     """Bounded table of open files and directories, indexed by client handle."""
 
-    def __init__(self, limit: int = 1024) -> None:
-        if not 1 <= limit <= MAX_SLOTS:
-            raise ValueError(f"handle limit must be 1..{MAX_SLOTS}")
-        self.limit = limit
-        self._entries: list[OpenFile | OpenDirectory | None] = [None] * limit
-        self._generation = [_RANDOM.randrange(1, GENERATION_MASK + 1) for _ in range(limit)]
-        self._free: deque[int] = deque(range(limit))
+    def __init__(self, limit: int = 1024, context: Context | None = None) -> None:
+        if context is None:
+            from vmfs.native import Context
+
+            context = Context(limit)
+        self.context = context
+        self.ctx = context.ctx
+        self.limit = self.ctx.handles.limit
+        mask = self.ctx.handles.generation_mask
+        for slot in range(self.limit):
+            self.ctx.handles.generation[slot] = _RANDOM.randrange(1, mask + 1)
+        self._streams: list[DirStream | None] = [None] * self.limit
 
     def __len__(self) -> int:
-        return self.limit - len(self._free)
+        return self.limit - self.ctx.handles.free_count
 
     def full(self) -> bool:
-        return not self._free
+        return not self.ctx.handles.free_count
 
     def add(self, entry: OpenFile | OpenDirectory) -> int | None:
         """Store `entry`; its handle, or None when the table is full."""
-        if not self._free:
-            return None
-        slot = self._free.popleft()
-        self._entries[slot] = entry
-        return (self._generation[slot] << SLOT_BITS) | slot
+        if isinstance(entry, OpenFile):
+            dev, ino = entry.key
+            handle = lib.vmfs_handle_add(
+                self.ctx, _FILE, entry.fd, entry.readable, entry.writable, dev, ino
+            )
+        else:
+            handle = lib.vmfs_handle_add(self.ctx, _DIRECTORY, entry.fd, 1, 0, 0, 0)
+            if handle >= 0:
+                self._streams[handle & (self.limit_mask)] = entry.stream
+        return None if handle < 0 else handle
 
-    def _slot(self, handle: int) -> int | None:
-        if handle >= 1 << 31:
+    @property
+    def limit_mask(self) -> int:
+        return (1 << self.ctx.handles.slot_bits) - 1
+
+    def _entry(self, handle: int, kind: int) -> OpenFile | OpenDirectory | None:
+        if not 0 <= handle < 1 << 31:
             return None
-        slot = handle & (MAX_SLOTS - 1)
-        if slot >= self.limit or self._entries[slot] is None:
+        slot = lib.vmfs_handle_slot(self.ctx, handle, kind)
+        if slot < 0:
             return None
-        if handle >> SLOT_BITS != self._generation[slot]:
-            return None
-        return slot
+        e = self.ctx.handles.entries[slot]
+        if e.kind == _FILE:
+            return OpenFile(e.fd, bool(e.readable), bool(e.writable), (e.dev, e.ino))
+        stream = self._streams[slot]
+        assert stream is not None
+        return OpenDirectory(e.fd, stream)
 
     def file(self, handle: int) -> OpenFile | None:
-        slot = self._slot(handle)
-        entry = None if slot is None else self._entries[slot]
+        entry = self._entry(handle, _FILE)
         return entry if type(entry) is OpenFile else None
 
     def directory(self, handle: int) -> OpenDirectory | None:
-        slot = self._slot(handle)
-        entry = None if slot is None else self._entries[slot]
+        entry = self._entry(handle, _DIRECTORY)
         return entry if type(entry) is OpenDirectory else None
 
     def remove(self, handle: int) -> OpenFile | OpenDirectory | None:
         """Forget `handle` (the caller closes the descriptor); None if it was not valid."""
-        slot = self._slot(handle)
-        if slot is None:
-            return None
-        entry = self._entries[slot]
-        self._entries[slot] = None
-        self._generation[slot] = (self._generation[slot] % GENERATION_MASK) + 1
-        self._free.append(slot)
+        entry = self._entry(handle, 0)
+        if entry is not None:
+            slot = handle & self.limit_mask
+            self._streams[slot] = None
+            lib.vmfs_handle_free(self.ctx, slot)
         return entry
 
     def close_all(self) -> int:
         """Close every descriptor and invalidate every handle; how many there were."""
         closed = 0
-        for slot, entry in enumerate(self._entries):
-            if entry is None:
+        entries = self.ctx.handles.entries
+        for slot in range(self.limit):
+            if entries[slot].kind == 0:
                 continue
             try:
-                os.close(entry.fd)
+                os.close(entries[slot].fd)
             except OSError:
                 pass
-            self._entries[slot] = None
-            self._generation[slot] = (self._generation[slot] % GENERATION_MASK) + 1
-            self._free.append(slot)
+            self._streams[slot] = None
+            lib.vmfs_handle_free(self.ctx, slot)
             closed += 1
         return closed

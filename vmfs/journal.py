@@ -70,6 +70,11 @@ class Journal:
         self._pack = ENTRY.pack_into
 
     @property
+    def mapping(self) -> mmap.mmap:
+        """The journal's memory, for the native loop's journal writes (vmfs.native)."""
+        return self._map
+
+    @property
     def initialised(self) -> bool:
         return HEADER.unpack_from(self._map, 0)[1] == 1
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from collections.abc import Callable, Generator
 from typing import Any
 
 from vmfs import paths
+from vmfs._native import ffi, lib
 from vmfs.dirops import DirectoryCommands
 from vmfs.handles import HandleTable, OpenDirectory, OpenFile
 from vmfs.ordering import (
@@ -35,7 +35,6 @@ from vmfs.shm import Share
 from vmfs.uring import (
     AT_EMPTY_PATH,
     AT_REMOVEDIR,
-    IORING_OP_CLOSE,
     IORING_OP_FSYNC,
     IORING_OP_FTRUNCATE,
     IORING_OP_MKDIRAT,
@@ -48,25 +47,11 @@ from vmfs.uring import (
     MAX_IO,
     new_statx,
 )
-from vmfs.wire import (
-    ACCESS_MODE_MASK,
-    KNOWN_OPEN_FLAGS,
-    STAT_FAST,
-    STAT_SIZE,
-    U64_MASK,
-    Command,
-    OpenFlags,
-    Status,
-    buffer_ok,
-)
+from vmfs.wire import MAX_FILE_OFFSET, Command, OpenFlags, Status
 
 log = logging.getLogger("vmfs.ops")
 
-FILE_MODE = 0o644
 DIR_MODE = 0o755
-MAX_FILE_OFFSET = 1 << 63
-OPEN_BASE = os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
-ACCESS_TO_LINUX = {0: os.O_RDONLY, 1: os.O_WRONLY, 2: os.O_RDWR}
 CREATE_FLAG = int(OpenFlags.CREATE)  # a plain int: IntFlag arithmetic is slow on the hot path
 
 
@@ -92,12 +77,16 @@ class Operations(DirectoryCommands):
     ) -> None:
         self.share = share
         self.handles = handles
+        self.native = handles.context
+        self.native.attach_share(share)
+        self.ctx = self.native.ctx
+        self._params = ffi.new("uint64_t[6]")  # a command's parameters, as csrc/ reads them
+        self._open_how = ffi.new("uint64_t[2]")  # FILE_OPEN's Linux flags and mode
+        self._slot = ffi.new("int *")
         self._root = root
         self._initialise = initialise
         self._deinitialise = deinitialise
         self.opening = 0  # FILE_OPENs between their table check and taking their handle
-        self._nodev_checked_for: int | None = None
-        self._special_possible = False
         self.table: dict[int, Callable[[Request], Steps]] = {
             Command.INITIALISE: self.initialise,
             Command.DEINITIALISE: self.deinitialise,
@@ -176,20 +165,6 @@ class Operations(DirectoryCommands):
         wait for them, or it could take a handle an earlier open is refused for."""
         return bool(self.opening) and len(self.handles) + self.opening >= self.handles.limit
 
-    def _special_files_possible(self) -> bool:
-        """Whether the served root may hold device nodes that open (its mount lacks nodev).
-
-        Block mode mounts nodev, so there the kernel refuses device access by itself; a
-        directory root usually is not, and FILE_OPEN must look before it opens.
-        """
-        root = self._root()
-        if root != self._nodev_checked_for:
-            self._nodev_checked_for = root
-            self._special_possible = root is not None and not (
-                os.fstatvfs(root).f_flag & os.ST_NODEV
-            )
-        return self._special_possible
-
     def _issue_handle(self, req: Request, entry: OpenFile | OpenDirectory) -> None:
         """Answer an open with a new handle for `entry`, or close its fd if the table is full."""
         handle = self.handles.add(entry)
@@ -204,9 +179,6 @@ class Operations(DirectoryCommands):
     def _path(self, offset: int, size: int) -> bytes:
         return paths.from_buffer(self.share, offset, size)
 
-    def _buffer_ok(self, offset: int, size: int) -> bool:
-        return buffer_ok(offset, size, self.share.size)
-
     # -- mount state --------------------------------------------------------------------------
 
     def initialise(self, req: Request) -> Steps:
@@ -219,63 +191,53 @@ class Operations(DirectoryCommands):
 
     # -- files --------------------------------------------------------------------------------
 
+    def _c_params(self, params: tuple[int, ...]) -> Any:
+        p = self._params
+        for i, word in enumerate(params):
+            p[i] = word
+        return p
+
     def file_open(self, req: Request) -> Steps:
-        path_off, path_size, flags = req.params
-        relative = self._path(path_off, path_size)
-        access = flags & ACCESS_MODE_MASK
-        if flags & ~KNOWN_OPEN_FLAGS or access == 3:
-            req.finish(Status.ERROR)
+        """Checks, confinement and the handle are csrc/handles.c's (shared with the native
+        loop); the open itself may go through io_uring."""
+        root = self._root()
+        path, how = self.native.path_buffer, self._open_how
+        p = self._c_params(req.params)
+        status = lib.vmfs_check_open(self.ctx, -1 if root is None else root, p, path, how, how + 1)
+        if status:
+            req.finish(status)
             return
-        if self.handles.full():
-            req.finish(Status.TOO_MANY_OPEN_FILES)
-            return
-        create = bool(flags & CREATE_FLAG)
-        if self._special_files_possible():
-            refused = paths.not_a_regular_file(self._root(), relative)
-            if refused is not None:
-                req.finish(refused)
-                return
-        linux_flags = OPEN_BASE | ACCESS_TO_LINUX[access] | (os.O_CREAT if create else 0)
-        mode = FILE_MODE if create else 0  # openat2 refuses a mode without O_CREAT
+        relative = ffi.string(path)
+        flags, create = req.params[2], bool(req.params[2] & CREATE_FLAG)
         self.opening += 1
         try:
-            fd = yield (IORING_OP_OPENAT2, self._root(), relative, linux_flags, mode, RESOLVE)
+            fd = yield (IORING_OP_OPENAT2, root, relative, how[0], how[1], RESOLVE)
         finally:
             self.opening -= 1
         if fd < 0:
             req.finish(status_of(-fd, names_created=create))
             return
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            req.finish(Status.ERROR)
-            return
-        self._issue_handle(req, OpenFile(fd, access != 1, access != 0, (st.st_dev, st.st_ino)))
+        handle = lib.vmfs_open_finish(self.ctx, fd, flags)
+        if handle < 0:
+            req.finish(-handle)
+        else:
+            req.finish(Status.SUCCESS, handle)
 
     def file_close(self, req: Request) -> Steps:
-        if self.handles.file(req.params[0]) is None:
-            req.finish(Status.INVALID_FD)
-            return
-        entry = self.handles.remove(req.params[0])
-        assert entry is not None
-        res = yield (IORING_OP_CLOSE, entry.fd)
-        req.finish(Status.SUCCESS if res >= 0 else Status.ERROR)
+        """Performed at once (close cannot wait on the disk), by the native loop's own code."""
+        req.finish(lib.vmfs_close_handle(self.ctx, req.params[0]))
+        yield from ()
 
     def _transfer_handle(self, req: Request, writing: bool) -> OpenFile | None:
-        """FILE_READ/FILE_WRITE checks in protocol order; None (and the status set) if refused."""
-        handle, position, buf_off, buf_size = req.params
-        entry = None
-        if not self._buffer_ok(buf_off, buf_size):
-            req.finish(Status.INVALID_BUFFER)
-        elif (entry := self.handles.file(handle)) is None:
-            req.finish(Status.INVALID_FD)
-        elif not (entry.writable if writing else entry.readable):
-            req.finish(Status.INVALID_WRITE if writing else Status.INVALID_READ)
-        elif position >= MAX_FILE_OFFSET:
-            req.finish(Status.ERROR)
-        else:
-            return entry
-        return None
+        """FILE_READ/FILE_WRITE checks (csrc/handles.c); None (and the status set) if refused."""
+        slot = self._slot
+        status = lib.vmfs_check_transfer(self.ctx, self._c_params(req.params), writing, slot)
+        if status:
+            req.finish(status)
+            return None
+        entry = self.handles.file(req.params[0])
+        assert entry is not None
+        return entry
 
     def file_read(self, req: Request) -> Steps:
         _, position, buf_off, buf_size = req.params
@@ -359,13 +321,14 @@ class Operations(DirectoryCommands):
         req.finish(Status.SUCCESS if res >= 0 else status_of(-res))
 
     def stat(self, req: Request) -> Steps:
-        path_off, path_size, buf_off, buf_size = req.params
-        relative = self._path(path_off, path_size)
-        if not self._buffer_ok(buf_off, buf_size) or buf_size < STAT_SIZE:
-            req.finish(Status.INVALID_BUFFER)
+        root = self._root()
+        path = self.native.path_buffer
+        status = lib.vmfs_check_stat(self.ctx, self._c_params(req.params), path)
+        if status:
+            req.finish(status)
             return
         out = new_statx()
-        fd = paths.openat2_sync(self._root(), relative, os.O_PATH | os.O_CLOEXEC, 0, RESOLVE)
+        fd = paths.openat2_sync(root, ffi.string(path), os.O_PATH | os.O_CLOEXEC, 0, RESOLVE)
         if fd < 0:
             req.finish(status_of(-fd))
             return
@@ -376,7 +339,7 @@ class Operations(DirectoryCommands):
         if res < 0:
             req.finish(status_of(-res))
             return
-        self.share.copy_out(buf_off, stat_record(out))
+        lib.vmfs_stat_out(self.ctx, req.params[2], out)
         req.finish(Status.SUCCESS)
 
     # -- names --------------------------------------------------------------------------------
@@ -450,26 +413,3 @@ class Operations(DirectoryCommands):
             os.close(source[0])
             os.close(target[0])
         req.finish(Status.SUCCESS if res >= 0 else status_of(-res, names_created=True))
-
-
-def stat_record(sx: Any) -> bytes:
-    """The 136-byte stat record (PROTOCOL.md 3.6) from a struct statx."""
-    return STAT_FAST.pack(
-        os.makedev(sx.stx_dev_major, sx.stx_dev_minor),
-        sx.stx_ino,
-        sx.stx_mode,
-        sx.stx_nlink,
-        sx.stx_uid,
-        sx.stx_gid,
-        os.makedev(sx.stx_rdev_major, sx.stx_rdev_minor),
-        sx.stx_size,
-        sx.stx_blksize,
-        sx.stx_blocks,
-        sx.stx_atime.tv_sec & U64_MASK,
-        sx.stx_mtime.tv_sec & U64_MASK,
-        sx.stx_ctime.tv_sec & U64_MASK,
-        sx.stx_atime.tv_nsec,
-        sx.stx_mtime.tv_nsec,
-        sx.stx_ctime.tv_nsec,
-        sx.stx_blocks * 512,
-    )

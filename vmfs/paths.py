@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 
+from vmfs._native import ffi, lib
 from vmfs.shm import Share
 from vmfs.uring import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2_sync
-from vmfs.wire import MAX_NAME_LENGTH, MAX_PATH_LENGTH, Status, buffer_ok
+from vmfs.wire import U64_MASK, Status
 
 RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
 O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
@@ -33,27 +33,20 @@ class PathRefused(Exception):
 def from_buffer(share: Share, offset: int, size: int) -> bytes:
     """The root-relative path (for openat2; b"." for the root) in a client's path buffer.
 
-    The one check of PROTOCOL.md 4.0 rule 5 for every command that takes a path: a buffer that
-    is invalid or longer than MAX_PATH_LENGTH bytes is refused whatever it holds (a NUL ends
-    the path early, not the buffer), before anything is copied.
+    The one check of a path buffer for every command that takes a path (csrc/handles.c,
+    vmfs_share_path, which the native loop uses too): a buffer that is invalid or longer than
+    MAX_PATH_LENGTH bytes is refused whatever it holds, a NUL ends the path early, "." and
+    empty components are dropped, an empty path or an over-long name is refused.
     """
-    if size > MAX_PATH_LENGTH or not buffer_ok(offset, size, share.size):
+    if share.native is None:
+        raise RuntimeError("the share is not attached to a native context")
+    out = share.native.path_buffer
+    if not (0 <= offset <= U64_MASK and 0 <= size <= U64_MASK):
         raise PathRefused()
-    return parse(share.copy_in(offset, size))
-
-
-def parse(raw: bytes) -> bytes:
-    """Validate path bytes (at most a buffer's bound); return the root-relative path."""
-    nul = raw.find(b"\0")
-    if nul >= 0:
-        raw = raw[:nul]
-    if not raw:
+    n = lib.vmfs_share_path(share.native.ctx, offset, size, out)
+    if n < 0:
         raise PathRefused()
-    parts = [p for p in raw.split(b"/") if p and p != b"."]
-    for part in parts:
-        if len(part) > MAX_NAME_LENGTH:
-            raise PathRefused()
-    return b"/".join(parts) if parts else ROOT
+    return ffi.unpack(out, n)
 
 
 def split(relative: bytes) -> tuple[bytes, bytes]:
@@ -79,23 +72,6 @@ def resolves_to_root(root_fd: int, relative: bytes) -> bool:
         return (st.st_dev, st.st_ino) == (root.st_dev, root.st_ino)
     finally:
         os.close(fd)
-
-
-def not_a_regular_file(root: int | None, relative: bytes) -> Status | None:
-    """Look at what FILE_OPEN would open, without opening it: a device node, FIFO or socket
-    must never be opened (opening some devices acts on them). None means go ahead.
-
-    The client cannot create such files through the protocol, and FILE_OPEN's namespace claim
-    keeps other commands from renaming between this look and the open.
-    """
-    fd = openat2_sync(root, relative, os.O_PATH | os.O_CLOEXEC, 0, RESOLVE)
-    if fd < 0:
-        return None  # missing (CREATE makes a regular file) or refused: the open reports it
-    try:
-        is_regular = stat.S_ISREG(os.fstat(fd).st_mode)
-    finally:
-        os.close(fd)
-    return None if is_regular else Status.ERROR
 
 
 _BASE = {

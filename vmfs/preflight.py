@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 
 from vmfs.errors import UsageError, VmfsError
-from vmfs.handles import MAX_SLOTS
+from vmfs.native import MAX_SLOTS
 
 DEFAULT_UIO_DEVICE = "/dev/vda"
 

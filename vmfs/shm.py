@@ -7,6 +7,8 @@ words are single aligned 64-bit atomics with acquire/release ordering (PROTOCOL.
 
 from __future__ import annotations
 
+from typing import Any
+
 from vmfs._native import ffi, lib
 
 
@@ -52,6 +54,7 @@ class Share:
         self.view = view
         self.size = len(view)
         self.direct = direct
+        self.native: Any = None  # the vmfs.native.Context that checks paths in this share
 
     def copy_in(self, offset: int, size: int) -> bytes:
         """The client's bytes at [offset, offset+size), copied out exactly once."""

@@ -1,7 +1,11 @@
-"""Counters the driver keeps: ops by command and status, batch sizes, flushes, latency."""
+"""Counters the driver keeps: ops by command and status, batch sizes, flushes, latency.
+
+The arrays are C memory so the native serve loop (csrc/serve.c) counts into the same ones.
+"""
 
 from __future__ import annotations
 
+from vmfs._native import ffi
 from vmfs.wire import NUM_COMMANDS, NUM_STATUSES, Command, Status
 
 LATENCY_BUCKETS = 40  # log2 buckets of nanoseconds: bucket k holds [2^k, 2^(k+1))
@@ -9,13 +13,20 @@ LATENCY_BUCKETS = 40  # log2 buckets of nanoseconds: bucket k holds [2^k, 2^(k+1
 
 class Counters:
     def __init__(self) -> None:
-        self.by_command = [[0] * NUM_STATUSES for _ in range(NUM_COMMANDS + 1)]
-        self.batches = [0] * 10  # log2 buckets of commands taken per batch: 1, 2-3, 4-7, ...
+        # (NUM_COMMANDS + 1) rows (the last: invalid command types) of NUM_STATUSES
+        self.by_status = ffi.new("uint64_t[]", (NUM_COMMANDS + 1) * NUM_STATUSES)
+        self.batches = ffi.new("uint64_t[]", 10)  # log2 buckets of a batch's commands
         self.flushes = 0
-        self.latency = [0] * LATENCY_BUCKETS
+        self.latency = ffi.new("uint64_t[]", LATENCY_BUCKETS)
+
+    @property
+    def by_command(self) -> list[list[int]]:
+        """Per command type (the last row: invalid types), completions per status."""
+        flat = list(self.by_status)
+        return [flat[row : row + NUM_STATUSES] for row in range(0, len(flat), NUM_STATUSES)]
 
     def completed(self, cmd: int, status: int, nanoseconds: int) -> None:
-        self.by_command[cmd if cmd < NUM_COMMANDS else NUM_COMMANDS][status] += 1
+        self.by_status[(cmd if cmd < NUM_COMMANDS else NUM_COMMANDS) * NUM_STATUSES + status] += 1
         self.latency[min(max(nanoseconds, 1).bit_length() - 1, LATENCY_BUCKETS - 1)] += 1
 
     def batch(self, size: int) -> None:
@@ -27,11 +38,11 @@ class Counters:
 
     def percentile(self, fraction: float) -> int:
         """Upper bound (ns) of the latency bucket holding the given fraction of requests."""
-        total = sum(self.latency)
+        total = sum(list(self.latency))
         if not total:
             return 0
         seen = 0
-        for bucket, count in enumerate(self.latency):
+        for bucket, count in enumerate(list(self.latency)):
             seen += count
             if seen >= fraction * total:
                 return 1 << (bucket + 1)
@@ -48,7 +59,7 @@ class Counters:
             lines.append(f"  {name}: {parts}")
         sizes = ", ".join(
             f"{1 << k}{'+' if k == len(self.batches) - 1 else f'-{(2 << k) - 1}'}: {n}"
-            for k, n in enumerate(self.batches)
+            for k, n in enumerate(list(self.batches))
             if n
         )
         lines.append(f"  batch sizes: {sizes or 'none'}")

@@ -16,7 +16,7 @@ import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from vmfs import wire
 from vmfs.shm import Share as Share  # re-exported: the transport's view of the data region
@@ -88,6 +88,10 @@ class Transport(Protocol):
 
     def notify(self) -> None:
         """Tell the client that completions were published (after they are visible)."""
+        ...
+
+    def native_signals(self) -> tuple[int, int, Any]:
+        """(irq fd, notify fd or -1, doorbell address or None) for the native serve loop."""
         ...
 
     def close(self) -> None: ...
@@ -184,6 +188,10 @@ class LoopbackTransport:
 
     def notify(self) -> None:
         signal_fifo(self._notify)
+
+    def native_signals(self) -> tuple[int, int, Any]:
+        """For the native loop: the doorbell FIFOs (irq to wait on, notify to write)."""
+        return self._irq, self._notify, None
 
     def close(self) -> None:
         for view in (self.command, self.completion, self.data, self.fault):
@@ -395,6 +403,10 @@ class UioTransport:
     def notify(self) -> None:
         """Ring the doorbell: one byte stored (after a full barrier) to fault page offset 0."""
         self._store_byte(self._doorbell, 1)
+
+    def native_signals(self) -> tuple[int, int, Any]:
+        """For the native loop: the UIO irq fd, and the doorbell's address in the fault page."""
+        return self._irq, -1, self._doorbell
 
     def close(self) -> None:
         if getattr(self, "_doorbell", None) is not None:

@@ -28,6 +28,7 @@ MAX_PATH_LENGTH = 4095
 STAT_SIZE = 136
 DIR_READ_MIN_BUFFER = MAX_NAME_LENGTH + 1
 U64_MASK = (1 << 64) - 1
+MAX_FILE_OFFSET = 1 << 63  # Linux's offsets are signed: no file reaches this far
 
 
 class Command(enum.IntEnum):
@@ -197,6 +198,10 @@ FAST_PARAMS: dict[Command, struct.Struct] = {
     cmd: struct.Struct("<" + _flat_format(fields)) for cmd, fields in PARAM_FIELDS.items()
 }
 COMPLETION_FAST = struct.Struct("<QQQ")
+# Where the fast decoders (and the native loop, through vmfs.native) find each message field;
+# tests/test_wire.py proves they match the schemas above.
+COMMAND_ID_OFFSET, COMMAND_TYPE_OFFSET, COMMAND_PARAMS_OFFSET = 0, 8, 16
+COMPLETION_ID_OFFSET, COMPLETION_STATUS_OFFSET, COMPLETION_DATA_OFFSET = 0, 8, 16
 COMPLETION_CLEAR = bytes(MESSAGE_SIZE - COMPLETION_SIZE)
 STAT_FAST = struct.Struct("<17Q")
 CONFIG_FAST = struct.Struct("<4Q")
@@ -213,8 +218,12 @@ def slot_offset(index: int) -> int:
 
 
 def buffer_ok(offset: int, size: int, share_size: int) -> bool:
-    """PROTOCOL.md 2.4, written so nothing can overflow."""
-    return size > 0 and offset < share_size and size <= share_size - offset
+    """Whether a client's buffer lies inside the share (csrc/handles.c states the rule)."""
+    if not (0 <= offset <= U64_MASK and 0 <= size <= U64_MASK and 0 <= share_size <= U64_MASK):
+        return False
+    from vmfs._native import lib
+
+    return bool(lib.vmfs_buffer_ok(offset, size, share_size))
 
 
 def batch_limit(
@@ -227,26 +236,23 @@ def batch_limit(
     `cmpl_head` the client's completion head, `outstanding` taken but not yet written. A queue
     more than 511 ahead, or a tail moved back, is corrupt (treated as empty); a completion queue
     more than 511 ahead is corrupt (treated as full). Never take a command without a completion
-    slot for it, nor past the 2^64 wrap while the other side of it is live (PROTOCOL.md 2.3).
+    slot for it, nor past the 2^64 wrap while the other side of it is live. The rule is stated
+    once, in C (csrc/serve.c), because the native serve loop applies it too.
     """
-    queued = (tail - head) & U64_MASK
-    waiting = (tail - next_take) & U64_MASK
-    if queued > QUEUE_CAPACITY or waiting > queued:
+    from vmfs._native import ffi, lib
+
+    problem = ffi.new("int *")
+    n = lib.vmfs_batch_limit(
+        QUEUE_CAPACITY, head, next_take, tail, cmpl_tail, cmpl_head, outstanding, problem
+    )
+    if problem[0] == 1:
         return 0, f"command queue corrupt (head {head}, tail {tail}); ignoring it"
-    if next_take < head:
-        # Taking crossed 2^64 before publishing did: index mod 511 of the two sides of the
-        # wrap collide (2^64 - 2 and 0 share a slot), so wait until the older side is done.
-        return 0, None
-    unconsumed = (cmpl_tail - cmpl_head) & U64_MASK
-    if unconsumed > QUEUE_CAPACITY:
+    if problem[0] == 2:
         return 0, f"completion queue corrupt (head {cmpl_head}); treating it as full"
-    if cmpl_tail < cmpl_head:
-        free = 0  # written across 2^64, not yet consumed across it: slots would collide
-    else:
-        free = min(QUEUE_CAPACITY - unconsumed - outstanding, (1 << 64) - cmpl_tail - outstanding)
-    if waiting and free <= 0 and not outstanding:
+    if problem[0] == 3:
+        waiting = (tail - next_take) & U64_MASK
         return 0, f"completion queue full; {waiting} commands wait for the client to consume"
-    return max(0, min(waiting, free, (1 << 64) - next_take)), None
+    return n, None
 
 
 def build_command(cmd_id: int, cmd_type: int, params: bytes = b"") -> bytes:

@@ -1,4 +1,4 @@
-"""The fast path answers exactly what the ordinary path answers, and io_uring is optional."""
+"""The native code answers exactly what the Python engine answers, and io_uring is optional."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import pytest
 from vmfs._native import ffi, lib
 
 from vmfs.client import Client, LoopbackServer
-from vmfs.ops import stat_record
+from vmfs.native import Context
 from vmfs.paths import RESOLVE
+from vmfs.shm import Share
 from vmfs.uring import AT_EMPTY_PATH, DISABLE_ENV, new_statx, statx_sync
-from vmfs.wire import STAT_FAST, OpenFlags
+from vmfs.wire import STAT_SIZE, OpenFlags, StatRecord
 
 MODES = {
     "fast": [],
@@ -108,24 +109,41 @@ def test_every_mode_answers_like_the_ordinary_path(tmp_path: Path, mode: str) ->
     assert run_session(tmp_path / mode, MODES[mode]) == expected
 
 
-def test_native_stat_record_agrees_with_python(tmp_path: Path) -> None:
+def test_stat_record_carries_what_the_kernel_says(tmp_path: Path) -> None:
+    """The one encoder of the stat record (csrc/handles.c), against os.stat's own view."""
     (tmp_path / "f").write_bytes(b"abc")
     (tmp_path / "d").mkdir()
     os.symlink("/f", tmp_path / "link")  # absolute: resolved inside the root
+    context = Context(4)
+    share = Share(memoryview(bytearray(4096)), direct=True)
+    context.attach_share(share)
     root = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
     try:
-        for name in (b"f", b"d", b"link", b"."):
-            out = ffi.new("uint64_t[17]")
-            assert lib.vmfs_stat_record(root, name, RESOLVE, out) == 0
+        for name, target in ((b"f", "f"), (b"d", "d"), (b"link", "f"), (b".", ".")):
             fd = lib.vmfs_openat2(root, name, os.O_PATH | os.O_CLOEXEC, 0, RESOLVE)
             sx = new_statx()
             assert statx_sync(fd, b"", AT_EMPTY_PATH, sx) == 0
             os.close(fd)
-            assert bytes(ffi.buffer(out)) == stat_record(sx), name
-        assert lib.vmfs_stat_record(root, b"missing", RESOLVE, ffi.new("uint64_t[17]")) < 0
+            lib.vmfs_stat_out(context.ctx, 100, sx)
+            record = StatRecord.parse(bytes(share.view[100 : 100 + STAT_SIZE]))
+            st = os.stat(tmp_path / target)
+            assert (record.dev, record.ino, record.mode, record.nlink) == (
+                st.st_dev,
+                st.st_ino,
+                st.st_mode,
+                st.st_nlink,
+            ), name
+            assert (record.uid, record.gid, record.size, record.blocks) == (
+                st.st_uid,
+                st.st_gid,
+                st.st_size,
+                st.st_blocks,
+            )
+            assert (record.mtime, record.mtime_nsec) == divmod(st.st_mtime_ns, 10**9)
+            assert record.used == st.st_blocks * 512
     finally:
         os.close(root)
-    assert STAT_FAST.size == 17 * 8
+        context.close()
 
 
 def test_native_read_and_write_loops(tmp_path: Path) -> None:

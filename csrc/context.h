@@ -1,0 +1,74 @@
+/* The driver's shared context (part of vmfs._native; filled by vmfs/native.py). The same
+  declarations are in the cdef of vmfs/_native_build.py, which cffi checks against these. */
+
+/* Facts of the protocol and of the request machine, copied from vmfs.wire / vmfs.fsm /
+   vmfs.journal / vmfs.ops at start-up. */
+struct vmfs_facts {
+    uint32_t capacity, message_size, header_size, head_offset, tail_offset;
+    uint32_t id_offset, type_offset, params_offset;
+    uint32_t completion_status_offset, completion_data_offset;
+    uint32_t num_commands, num_statuses, max_path, max_name, stat_size;
+    uint64_t max_file_offset, resolve;
+    uint64_t open_access_mask, open_known, open_create, open_base, file_mode;
+    uint32_t st_error, st_invalid_buffer, st_invalid_fd, st_invalid_read, st_invalid_write;
+    uint32_t st_invalid_path, st_too_many_open_files;
+    uint32_t journal_words;
+    uint64_t journal_started, journal_written;
+    /* the request machine: table[state * ntriggers + trigger] -> next state, or -1 */
+    const int8_t *table;
+    uint32_t nstates, ntriggers;
+    uint32_t idle, take, answer, publish;
+};
+
+struct vmfs_handle {
+    int32_t fd;
+    uint8_t kind, readable, writable, io;
+    uint64_t dev, ino;
+};
+
+struct vmfs_handles {
+    struct vmfs_handle *entries;
+    uint32_t *generation;
+    uint32_t *free_fifo;
+    uint32_t limit, slot_bits, generation_mask, free_first, free_count;
+};
+
+/* Counters, as vmfs.stats.Counters reads them. */
+struct vmfs_counts {
+    uint64_t *by_command; /* (num_commands + 1) rows of num_statuses */
+    uint64_t *latency;    /* log2 buckets of nanoseconds */
+    uint64_t *batches;    /* log2 buckets of commands taken per batch */
+    uint32_t latency_buckets, batch_buckets;
+};
+
+struct vmfs_ctx {
+    struct vmfs_facts f;
+    struct vmfs_handles handles;
+    struct vmfs_counts counts;
+    uint8_t *native;      /* per command type: VMFS_NATIVE_* (0: Python serves it) */
+    uint8_t *share;
+    uint64_t share_size;
+    char *bounce;
+    uint64_t bounce_size;
+    int device_memory, ring_available, memory_root;
+    int root_fd, special_for, special;
+    uint64_t io_known_for; /* the device whose I/O mode is io_known (VMFS_IO_*; 0: none) */
+    int io_known;
+    uint64_t *journal;    /* the journal's first entry, or NULL */
+    uint64_t crash_on_id; /* tests of restart safety: die when this id starts (0: never) */
+    int crash_exit_code;
+    /* the serve loop */
+    uint8_t *cmdq, *cmplq;
+    uint8_t *slot_state;
+    uint64_t head, next_take, cmpl_tail;
+    int irq_fd, wake_fd, notify_fd, uio;
+    uint8_t *doorbell;
+    int spin_us, idle_ms;
+    uint64_t served, batches_run;
+    /* the last command answered with a status other than SUCCESS (for the refusal log) */
+    uint64_t refused_index, refused_id, refused_cmd, refused_status;
+    uint64_t refused_params[6];
+    /* tests: every transition the loop made, as (from << 16 | trigger << 8 | to) */
+    uint32_t *transitions;
+    uint32_t transitions_len, transitions_cap;
+};
