@@ -58,6 +58,8 @@ CASES = [
         USAGE,
         "--record-cap",
     ),
+    case("serve negative spin", "serve --loopback {lb} --root {dir} --spin-us -5", USAGE, "--spin"),
+    case("serve spin not int", "serve --loopback {lb} --root {dir} --spin-us 1.5", USAGE, "int"),
     case("serve negative uio wait", "serve --uio --root {dir} --uio-wait -1", USAGE, "--uio-wait"),
     case(
         "serve unknown option after -v",

@@ -67,6 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         fast_path=not args.no_fast_path,
         bounce=args.bounce,
+        spin_us=args.spin_us,
     )
     with contextlib.ExitStack() as cleanup:  # closed in reverse: trace, driver, transport
         cleanup.callback(transport.close)
@@ -245,7 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument(
         "--no-fast-path",
         action="store_true",
-        help="run every command through the ordinary path (for comparison and tests)",
+        help="serve every command in the Python engine: no native serve loop and no inline "
+        "calls (for comparison and tests)",
+    )
+    how.add_argument(
+        "--spin-us",
+        type=int,
+        default=0,
+        metavar="US",
+        help="after the last command, the native loop watches the queue this long before it "
+        "sleeps on the doorbell (default 0: sleep at once; spinning costs CPU while idle)",
     )
     how.add_argument(
         "--bounce",

@@ -100,7 +100,7 @@ class Driver:
             self.ops,
             self.ring,
             uring.perform,
-            lambda: self.root_fd is not None,
+            self.initialised,
             journal=self.journal,
             counters=self.counters,
             inline_ops=frozenset(inline_ops),
@@ -192,6 +192,11 @@ class Driver:
         self.root_fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.mount_state.initialise()
 
+    def initialised(self) -> bool:
+        """What the mount machine says: commands other than (DE)INITIALISE are served only
+        between a successful INITIALISE and the next DEINITIALISE."""
+        return self.mount_state.state == "initialised"
+
     def initialise(self) -> Status:
         if self.root_fd is not None:
             self.mount_state.initialise()
@@ -246,7 +251,7 @@ class Driver:
         else:
             ops = ",".join(sorted(op.name.lower() for op in self.ring.supported))
             engine = f"io_uring {self.ring.entries} entries, opcodes {ops}"
-        state = "initialised" if self.root_fd is not None else "waiting for INITIALISE"
+        state = "initialised" if self.initialised() else "waiting for INITIALISE"
         return (
             f"vmfs serving {self.served_root} over {self.transport.description}; {engine}; {state}"
         )

@@ -72,7 +72,6 @@ DRIVER_TRANSITIONS = [
     {"trigger": "resume", "source": "recovering", "dest": "serving"},
     {"trigger": "stop", "source": ["recovering", "serving"], "dest": "draining"},
     {"trigger": "drained", "source": "draining", "dest": "stopped"},
-    {"trigger": "abort", "source": "starting", "dest": "stopped"},
 ]
 
 MOUNT_STATES = ["uninitialised", "initialised"]
@@ -149,6 +148,21 @@ BARRIER_WAIT, COMPLETED = STATE["barrier_wait"], STATE["completed"]
 T = TRIGGER  # short alias for the hot path
 _TAKE = T["take"]
 _ANSWER = T["answer"]
+
+
+def _finishing_triggers() -> list[int]:
+    """Per state, the one edge a request whose work is done takes to `completed` (-1: none).
+    Read off the table, so the machine, not the engine, says how each state finishes."""
+    special = {T["fail"], T["recover"]}
+    finish = []
+    for state, row in enumerate(TABLE):
+        edges = [t for t, nxt in enumerate(row) if nxt == COMPLETED and t not in special]
+        assert len(edges) <= 1, f"{REQUEST_STATES[state]} finishes two ways"
+        finish.append(edges[0] if edges else -1)
+    return finish
+
+
+FINISH = _finishing_triggers()
 
 
 def fire(req: Request, trigger: int) -> None:
@@ -389,12 +403,16 @@ class Engine:
                     if now is not None:
                         result = now
                         continue
-                keep = self.ring.submit_call(call, req.index % QUEUE_CAPACITY)
-                if keep is None:
+                tag = req.index % QUEUE_CAPACITY
+                keep = self.ring.submit_call(call, tag)
+                while keep is None:  # no room in the submission queue: make some, then wait
                     self.ring.submit()
-                    keep = self.ring.submit_call(call, req.index % QUEUE_CAPACITY)
-                    if keep is None:
-                        raise OSError(16, "io_uring submission queue full")
+                    keep = self.ring.submit_call(call, tag)
+                    if keep is None and self.in_flight:
+                        self.ring.wait(1)
+                        self.reap_ready()
+                    elif keep is None:
+                        raise OSError(16, "io_uring submission queue full with nothing in flight")
                 req.keep = keep
                 if req.state == SUBMITTED:
                     fire(req, T["resubmit"])
@@ -410,7 +428,9 @@ class Engine:
         except Exception as exc:
             self._failed(req, exc)
             return
-        trigger = {QUEUED: T["answer"], BARRIER_WAIT: T["run"], SUBMITTED: T["reap"]}[req.state]
+        trigger = FINISH[req.state]
+        if trigger < 0:
+            raise IllegalTransition(f"{REQUEST_STATES[req.state]} has no way to finish")
         self._complete(req, trigger)
 
     def flush(self) -> None:

@@ -35,6 +35,8 @@ def check_serve(args: argparse.Namespace) -> None:
         raise UsageError(f"serve: --handles must be 1..{MAX_SLOTS}, not {args.handles}")
     if args.record_cap < 0:
         raise UsageError(f"serve: --record-cap must be 0 or more, not {args.record_cap}")
+    if not 0 <= args.spin_us <= 1_000_000:
+        raise UsageError(f"serve: --spin-us must be 0..1000000, not {args.spin_us}")
     if args.uio_wait < 0:
         raise UsageError(f"serve: --uio-wait must be 0 or more, not {args.uio_wait:g}")
     if args.root is not None:
