@@ -112,12 +112,17 @@ static long vmfs_share_path(const struct vmfs_ctx *c, uint64_t offset, uint64_t 
     return n;
 }
 
-/* Whether FILE_OPEN must look before it opens: the root's mount allows device nodes. */
+/* Whether FILE_OPEN must look before it opens: the root's filesystem can hold FIFOs or device
+   nodes (every one but the FAT family). A nodev mount is not enough: opening a FIFO wakes its
+   writers. */
+#define VMFS_MSDOS_MAGIC 0x4d44    /* vfat and msdos */
+#define VMFS_EXFAT_MAGIC 0x2011BAB0
 static int vmfs_special_possible(struct vmfs_ctx *c, int root) {
-    struct statvfs s;
+    struct statfs s;
     if (c->special_for != root) {
         c->special_for = root;
-        c->special = root >= 0 && fstatvfs(root, &s) == 0 && !(s.f_flag & ST_NODEV);
+        c->special = root >= 0 && !(fstatfs(root, &s) == 0 && (s.f_type == VMFS_MSDOS_MAGIC ||
+                                                              s.f_type == VMFS_EXFAT_MAGIC));
     }
     return c->special;
 }

@@ -233,7 +233,6 @@ PRELUDE = r"""
 #include <poll.h>
 #include <time.h>
 #include <sys/mount.h>
-#include <sys/statvfs.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/syscall.h>
