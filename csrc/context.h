@@ -10,8 +10,9 @@ struct vmfs_facts {
     uint32_t num_commands, num_statuses, max_path, max_name, stat_size;
     uint64_t max_file_offset, resolve;
     uint64_t open_access_mask, open_known, open_create, open_base, file_mode;
+    uint64_t dir_open_flags, dir_mode, dir_min_buffer;
     uint32_t st_error, st_invalid_buffer, st_invalid_fd, st_invalid_read, st_invalid_write;
-    uint32_t st_invalid_path, st_too_many_open_files;
+    uint32_t st_invalid_path, st_too_many_open_files, st_end_of_directory;
     uint32_t journal_words;
     uint64_t journal_started, journal_written;
     /* the request machine: table[state * ntriggers + trigger] -> next state, or -1 */
@@ -24,6 +25,7 @@ struct vmfs_handle {
     int32_t fd;
     uint8_t kind, readable, writable, io;
     uint64_t dev, ino;
+    struct vmfs_dir *dir; /* a directory handle's listing (csrc/dirs.c), owned here */
 };
 
 struct vmfs_handles {
@@ -46,6 +48,7 @@ struct vmfs_ctx {
     struct vmfs_handles handles;
     struct vmfs_counts counts;
     uint8_t *native;      /* per command type: VMFS_NATIVE_* (0: Python serves it) */
+    uint8_t *refusal;     /* per status: whether the refusal log reports it */
     uint8_t *share;
     uint64_t share_size;
     char *bounce;

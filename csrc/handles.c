@@ -9,7 +9,10 @@ enum { VMFS_IO_SYNC = 1, VMFS_IO_NOWAIT = 2, VMFS_IO_RING = 3 };
 enum { VMFS_KIND_FREE = 0, VMFS_KIND_FILE = 1, VMFS_KIND_DIR = 2 };
 enum {
     VMFS_NATIVE_NONE = 0, VMFS_NATIVE_READ, VMFS_NATIVE_WRITE, VMFS_NATIVE_STAT,
-    VMFS_NATIVE_OPEN, VMFS_NATIVE_CLOSE, VMFS_NATIVE_SIZE
+    VMFS_NATIVE_OPEN, VMFS_NATIVE_CLOSE, VMFS_NATIVE_SIZE, VMFS_NATIVE_DIR_OPEN,
+    VMFS_NATIVE_DIR_READ, VMFS_NATIVE_DIR_CLOSE, VMFS_NATIVE_DIR_TELL, VMFS_NATIVE_DIR_SEEK,
+    VMFS_NATIVE_DIR_REWIND, VMFS_NATIVE_DIR_CREATE, VMFS_NATIVE_DIR_REMOVE,
+    VMFS_NATIVE_FILE_REMOVE
 };
 /* What serving one command natively gave. */
 enum { VMFS_PUNT = 0, VMFS_ANSWERED = 1 };
@@ -45,6 +48,7 @@ static int64_t vmfs_handle_add(struct vmfs_ctx *c, int kind, int fd, int readabl
     h->writable = (uint8_t)writable;
     h->dev = dev;
     h->ino = ino;
+    h->dir = NULL;
     h->io = VMFS_IO_RING;
     if (kind == VMFS_KIND_FILE) {
         /* How this file's data moves, learned once per filesystem. */
@@ -69,14 +73,43 @@ static int vmfs_handle_slot(const struct vmfs_ctx *c, uint64_t handle, int kind)
     return (int)slot;
 }
 
-/* Forget a slot (the caller closes its descriptor): the next handle of the slot differs. */
-static void vmfs_handle_free(struct vmfs_ctx *c, int slot) {
+/* Close a slot's descriptor, free its listing, and forget it: the next handle of the slot
+   differs. The close's result (0 or -errno). */
+static int vmfs_release(struct vmfs_ctx *c, int slot) {
     struct vmfs_handles *t = &c->handles;
-    t->entries[slot].kind = VMFS_KIND_FREE;
-    t->entries[slot].fd = -1;
+    struct vmfs_handle *h = &t->entries[slot];
+    int ret = close(h->fd) < 0 && errno != EINTR ? -errno : 0;
+    free(h->dir);
+    h->dir = NULL;
+    h->kind = VMFS_KIND_FREE;
+    h->fd = -1;
     t->generation[slot] = (t->generation[slot] % t->generation_mask) + 1;
     t->free_fifo[(t->free_first + t->free_count) % t->limit] = (uint32_t)slot;
     t->free_count++;
+    return ret;
+}
+
+static void vmfs_release_slot(struct vmfs_ctx *c, int slot) {
+    if (c->handles.entries[slot].kind != VMFS_KIND_FREE) vmfs_release(c, slot);
+}
+
+/* A directory handle for the open directory fd: the handle, or -status with fd closed. */
+static int64_t vmfs_dir_open_handle(struct vmfs_ctx *c, int fd) {
+    struct vmfs_dir *d = malloc(sizeof *d);
+    int64_t handle;
+    if (!d || vmfs_dir_init(d, fd) < 0) {
+        free(d);
+        close(fd);
+        return -(int64_t)c->f.st_error;
+    }
+    handle = vmfs_handle_add(c, VMFS_KIND_DIR, fd, 1, 0, 0, 0);
+    if (handle < 0) {
+        free(d);
+        close(fd);
+        return -(int64_t)c->f.st_too_many_open_files;
+    }
+    c->handles.entries[handle & ((1u << c->handles.slot_bits) - 1)].dir = d;
+    return handle;
 }
 
 /* -- paths ---------------------------------------------------------------------------------- */
@@ -192,14 +225,11 @@ static int64_t vmfs_open_finish(struct vmfs_ctx *c, int fd, uint64_t flags) {
     return handle;
 }
 
-/* FILE_CLOSE whole: its status. */
-static uint32_t vmfs_close_handle(struct vmfs_ctx *c, uint64_t handle) {
-    int slot = vmfs_handle_slot(c, handle, VMFS_KIND_FILE);
-    int fd;
+/* FILE_CLOSE and DIR_CLOSE whole: the status. */
+static uint32_t vmfs_close_handle(struct vmfs_ctx *c, uint64_t handle, int kind) {
+    int slot = vmfs_handle_slot(c, handle, kind);
     if (slot < 0) return c->f.st_invalid_fd;
-    fd = c->handles.entries[slot].fd;
-    vmfs_handle_free(c, slot);
-    return close(fd) < 0 && errno != EINTR ? c->f.st_error : 0;
+    return vmfs_release(c, slot) < 0 && kind == VMFS_KIND_FILE ? c->f.st_error : 0;
 }
 
 /* The 17 u64 of the protocol's stat record from a statx. */
@@ -309,6 +339,72 @@ static int vmfs_native_size(struct vmfs_ctx *c, const uint64_t *p, uint64_t *dat
     return VMFS_ANSWERED;
 }
 
+static int vmfs_native_dir_open(struct vmfs_ctx *c, const uint64_t *p, uint64_t *data) {
+    char path[c->f.max_path + 2];
+    int64_t handle;
+    int fd;
+    if (c->root_fd < 0 || !c->handles.free_count) return VMFS_PUNT;
+    if (vmfs_share_path(c, p[0], p[1], path) < 0) return VMFS_PUNT;
+    fd = vmfs_openat2_once(c->root_fd, path, c->f.dir_open_flags, 0,
+                           c->f.resolve | (c->memory_root ? 0 : RESOLVE_CACHED));
+    if (fd < 0) return VMFS_PUNT;
+    handle = vmfs_dir_open_handle(c, fd);
+    if (handle < 0) return VMFS_PUNT; /* nothing is left open: Python says why */
+    *data = (uint64_t)handle;
+    return VMFS_ANSWERED;
+}
+
+static struct vmfs_dir *vmfs_listing(const struct vmfs_ctx *c, uint64_t handle) {
+    int slot = vmfs_handle_slot(c, handle, VMFS_KIND_DIR);
+    return slot < 0 ? NULL : c->handles.entries[slot].dir;
+}
+
+/* DIR_READ: the next name, or END_OF_DIRECTORY; a failing refill consumes nothing. */
+static int vmfs_native_dir_read(struct vmfs_ctx *c, const uint64_t *p, uint32_t *status,
+                                uint64_t *data) {
+    struct vmfs_dir *d;
+    long length;
+    if (!vmfs_buffer_ok(p[1], p[2], c->share_size) || p[2] < c->f.dir_min_buffer)
+        return VMFS_PUNT;
+    if (!(d = vmfs_listing(c, p[0]))) return VMFS_PUNT;
+    length = vmfs_dir_read(d, (char *)c->share + p[1], c->device_memory);
+    if (length < 0) return VMFS_PUNT;
+    if (!length) *status = c->f.st_end_of_directory;
+    *data = (uint64_t)length;
+    return VMFS_ANSWERED;
+}
+
+/* DIR_CREATE, DIR_REMOVE, FILE_REMOVE on a name in its parent, resolved inside the root. Only
+   the plain case is taken: the root itself, a final "..", and every failure go to Python
+   (a failed mkdirat or unlinkat changed nothing). */
+static int vmfs_native_name(struct vmfs_ctx *c, const uint64_t *p, int kind) {
+    char path[c->f.max_path + 2];
+    const char *parent = ".", *name;
+    char *slash;
+    int pfd, ret;
+    long n;
+    if (c->root_fd < 0 || (n = vmfs_share_path(c, p[0], p[1], path)) < 0) return VMFS_PUNT;
+    if (n == 1 && path[0] == '.') return VMFS_PUNT;
+    slash = strrchr(path, '/');
+    if (slash) {
+        *slash = 0;
+        parent = path;
+        name = slash + 1;
+    } else {
+        name = path;
+    }
+    if (!strcmp(name, "..")) return VMFS_PUNT;
+    pfd = vmfs_openat2_once(c->root_fd, parent, O_PATH | O_DIRECTORY | O_CLOEXEC, 0,
+                            c->f.resolve | (c->memory_root ? 0 : RESOLVE_CACHED));
+    if (pfd < 0) return VMFS_PUNT;
+    if (kind == VMFS_NATIVE_DIR_CREATE)
+        ret = mkdirat(pfd, name, (mode_t)c->f.dir_mode);
+    else
+        ret = unlinkat(pfd, name, kind == VMFS_NATIVE_DIR_REMOVE ? AT_REMOVEDIR : 0);
+    close(pfd);
+    return ret < 0 ? VMFS_PUNT : VMFS_ANSWERED;
+}
+
 /* Serve the command whose parameters are p, if this native code takes it. */
 static int vmfs_native_command(struct vmfs_ctx *c, uint64_t index, uint64_t id, uint64_t cmd,
                                const uint64_t *p, uint32_t *status, uint64_t *data) {
@@ -317,8 +413,9 @@ static int vmfs_native_command(struct vmfs_ctx *c, uint64_t index, uint64_t id, 
     *status = 0;
     *data = 0;
     if (kind == VMFS_NATIVE_NONE) return VMFS_PUNT;
-    if (kind == VMFS_NATIVE_CLOSE && vmfs_handle_slot(c, p[0], VMFS_KIND_FILE) < 0)
-        return VMFS_PUNT;
+    if ((kind == VMFS_NATIVE_CLOSE && vmfs_handle_slot(c, p[0], VMFS_KIND_FILE) < 0) ||
+        (kind == VMFS_NATIVE_DIR_CLOSE && vmfs_handle_slot(c, p[0], VMFS_KIND_DIR) < 0))
+        return VMFS_PUNT; /* INVALID_FD: the refusal is Python's to answer and log */
     if (c->journal) {
         uint64_t *e = c->journal + (index % c->f.capacity) * c->f.journal_words;
         e[0] = index + 1;
@@ -332,7 +429,36 @@ static int vmfs_native_command(struct vmfs_ctx *c, uint64_t index, uint64_t id, 
     case VMFS_NATIVE_STAT: answered = vmfs_native_stat(c, p); break;
     case VMFS_NATIVE_OPEN: answered = vmfs_native_open(c, p, data); break;
     case VMFS_NATIVE_SIZE: answered = vmfs_native_size(c, p, data); break;
-    case VMFS_NATIVE_CLOSE: *status = vmfs_close_handle(c, p[0]); answered = VMFS_ANSWERED; break;
+    case VMFS_NATIVE_CLOSE:
+        *status = vmfs_close_handle(c, p[0], VMFS_KIND_FILE);
+        answered = VMFS_ANSWERED;
+        break;
+    case VMFS_NATIVE_DIR_CLOSE:
+        *status = vmfs_close_handle(c, p[0], VMFS_KIND_DIR);
+        answered = VMFS_ANSWERED;
+        break;
+    case VMFS_NATIVE_DIR_OPEN: answered = vmfs_native_dir_open(c, p, data); break;
+    case VMFS_NATIVE_DIR_READ: answered = vmfs_native_dir_read(c, p, status, data); break;
+    case VMFS_NATIVE_DIR_TELL: {
+        struct vmfs_dir *d = vmfs_listing(c, p[0]);
+        if (d) *data = d->index;
+        answered = d ? VMFS_ANSWERED : VMFS_PUNT;
+        break;
+    }
+    case VMFS_NATIVE_DIR_SEEK: {
+        struct vmfs_dir *d = vmfs_listing(c, p[0]);
+        answered = d && (int64_t)p[1] >= 0 && vmfs_dir_seek(d, p[1]) == 0 ? VMFS_ANSWERED
+                                                                           : VMFS_PUNT;
+        break;
+    }
+    case VMFS_NATIVE_DIR_REWIND: {
+        struct vmfs_dir *d = vmfs_listing(c, p[0]);
+        answered = d && vmfs_dir_restart(d) == 0 ? VMFS_ANSWERED : VMFS_PUNT;
+        break;
+    }
+    case VMFS_NATIVE_DIR_CREATE:
+    case VMFS_NATIVE_DIR_REMOVE:
+    case VMFS_NATIVE_FILE_REMOVE: answered = vmfs_native_name(c, p, kind); break;
     default: answered = VMFS_PUNT;
     }
     return answered;

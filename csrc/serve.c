@@ -184,7 +184,7 @@ static uint64_t vmfs_serve_batch(struct vmfs_ctx *c, int64_t n, int *code) {
         vmfs_complete(c, index, id, cmd, status, data, started);
         c->next_take = index + 1;
         c->served++;
-        if (status) {
+        if (c->refusal[status]) {
             c->refused_index = index;
             c->refused_id = id;
             c->refused_cmd = cmd;

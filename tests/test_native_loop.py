@@ -59,6 +59,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Client, Driver, NativeTransport, Pa
     irq, notify, doorbell = transport.native_signals()
     driver.native.attach_transport(irq, notify, doorbell, wake_r)
     driver.native.ctx.idle_ms = 20
+    driver.engine.hand_back = True
     native_transport = NativeTransport(LoopbackClientTransport(loop), driver)
     client = Client(native_transport, timeout=5)
     yield client, driver, native_transport, root

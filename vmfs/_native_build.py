@@ -108,8 +108,9 @@ struct vmfs_facts {
     uint32_t num_commands, num_statuses, max_path, max_name, stat_size;
     uint64_t max_file_offset, resolve;
     uint64_t open_access_mask, open_known, open_create, open_base, file_mode;
+    uint64_t dir_open_flags, dir_mode, dir_min_buffer;
     uint32_t st_error, st_invalid_buffer, st_invalid_fd, st_invalid_read, st_invalid_write;
-    uint32_t st_invalid_path, st_too_many_open_files;
+    uint32_t st_invalid_path, st_too_many_open_files, st_end_of_directory;
     uint32_t journal_words;
     uint64_t journal_started, journal_written;
     /* the request machine: table[state * ntriggers + trigger] -> next state, or -1 */
@@ -122,6 +123,7 @@ struct vmfs_handle {
     int32_t fd;
     uint8_t kind, readable, writable, io;
     uint64_t dev, ino;
+    struct vmfs_dir *dir; /* a directory handle's listing (csrc/dirs.c), owned here */
 };
 
 struct vmfs_handles {
@@ -144,6 +146,7 @@ struct vmfs_ctx {
     struct vmfs_handles handles;
     struct vmfs_counts counts;
     uint8_t *native;      /* per command type: VMFS_NATIVE_* (0: Python serves it) */
+    uint8_t *refusal;     /* per status: whether the refusal log reports it */
     uint8_t *share;
     uint64_t share_size;
     char *bounce;
@@ -181,6 +184,15 @@ struct vmfs_ctx {
 #define VMFS_NATIVE_OPEN ...
 #define VMFS_NATIVE_CLOSE ...
 #define VMFS_NATIVE_SIZE ...
+#define VMFS_NATIVE_DIR_OPEN ...
+#define VMFS_NATIVE_DIR_READ ...
+#define VMFS_NATIVE_DIR_CLOSE ...
+#define VMFS_NATIVE_DIR_TELL ...
+#define VMFS_NATIVE_DIR_SEEK ...
+#define VMFS_NATIVE_DIR_REWIND ...
+#define VMFS_NATIVE_DIR_CREATE ...
+#define VMFS_NATIVE_DIR_REMOVE ...
+#define VMFS_NATIVE_FILE_REMOVE ...
 #define VMFS_LOOP_PYTHON ...
 #define VMFS_LOOP_WOKEN ...
 #define VMFS_LOOP_IDLE ...
@@ -194,7 +206,6 @@ int64_t vmfs_batch_limit(uint64_t capacity, uint64_t head, uint64_t next_take, u
 int64_t vmfs_handle_add(struct vmfs_ctx *c, int kind, int fd, int readable, int writable,
                         uint64_t dev, uint64_t ino);
 int vmfs_handle_slot(const struct vmfs_ctx *c, uint64_t handle, int kind);
-void vmfs_handle_free(struct vmfs_ctx *c, int slot);
 long vmfs_share_path(const struct vmfs_ctx *c, uint64_t offset, uint64_t size, char *out);
 uint32_t vmfs_check_transfer(const struct vmfs_ctx *c, const uint64_t *p, int writing,
                              int *slot);
@@ -202,7 +213,9 @@ uint32_t vmfs_check_stat(const struct vmfs_ctx *c, const uint64_t *p, char *path
 uint32_t vmfs_check_open(struct vmfs_ctx *c, int root, const uint64_t *p, char *path,
                          uint64_t *linux_flags, uint64_t *mode);
 int64_t vmfs_open_finish(struct vmfs_ctx *c, int fd, uint64_t flags);
-uint32_t vmfs_close_handle(struct vmfs_ctx *c, uint64_t handle);
+uint32_t vmfs_close_handle(struct vmfs_ctx *c, uint64_t handle, int kind);
+void vmfs_release_slot(struct vmfs_ctx *c, int slot);
+int64_t vmfs_dir_open_handle(struct vmfs_ctx *c, int fd);
 void vmfs_stat_out(const struct vmfs_ctx *c, uint64_t offset, const struct statx *sx);
 int vmfs_native_command(struct vmfs_ctx *c, uint64_t index, uint64_t id, uint64_t cmd,
                         const uint64_t *p, uint32_t *status, uint64_t *data);
@@ -228,6 +241,7 @@ PRELUDE = r"""
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <poll.h>

@@ -9,20 +9,17 @@ the handle limit's worth of small buffers. "." and ".." are never listed. Mixed 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from vmfs import paths
-from vmfs._native import ffi
-from vmfs.dirstream import DirStream
-from vmfs.handles import HandleTable, OpenDirectory
+from vmfs._native import ffi, lib
+from vmfs.handles import HandleTable
+from vmfs.native import DIR_OPEN_FLAGS
 from vmfs.paths import RESOLVE, status_of
 from vmfs.request import Request, Steps
 from vmfs.shm import Share
 from vmfs.wire import DIR_READ_MIN_BUFFER, Status, buffer_ok
-
-DIR_OPEN_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 class DirectoryCommands:
@@ -30,7 +27,6 @@ class DirectoryCommands:
     handles: HandleTable
     _root: Callable[[], int | None]
     _path: Callable[[int, int], bytes]
-    _issue_handle: Callable[[Request, OpenDirectory], None]
     _share_base: Any = None  # a `char *` to the share, made on first use
 
     def dir_open(self, req: Request) -> Steps:
@@ -42,23 +38,15 @@ class DirectoryCommands:
         if fd < 0:
             req.finish(status_of(-fd))
             return
-        try:
-            stream = DirStream(fd)
-        except OSError:
-            os.close(fd)
-            req.finish(Status.ERROR)
-            return
-        self._issue_handle(req, OpenDirectory(fd, stream))
+        handle = lib.vmfs_dir_open_handle(self.handles.ctx, fd)  # closes fd if it fails
+        if handle < 0:
+            req.finish(-handle)
+        else:
+            req.finish(Status.SUCCESS, handle)
         yield from ()
 
     def dir_close(self, req: Request) -> Steps:
-        entry = self.handles.directory(req.params[0])
-        if entry is None:
-            req.finish(Status.INVALID_FD)
-            return
-        self.handles.remove(req.params[0])
-        os.close(entry.fd)
-        req.finish(Status.SUCCESS)
+        req.finish(lib.vmfs_close_handle(self.handles.ctx, req.params[0], lib.VMFS_KIND_DIR))
         yield from ()
 
     def dir_read(self, req: Request) -> Steps:

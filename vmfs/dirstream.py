@@ -16,23 +16,19 @@ or removed meanwhile may or may not be.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from vmfs._native import ffi, lib
+from vmfs._native import lib
 
 
 class DirStream:
-    """One open listing of the directory `fd` (which the caller owns and closes)."""
+    """Python's view of one open listing; the record is owned by the handle table
+    (csrc/handles.c), which frees it when the handle is closed."""
 
-    __slots__ = ("fd", "state")
+    __slots__ = ("state",)
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.state = ffi.new("struct vmfs_dir *")
-        err = lib.vmfs_dir_init(self.state, fd)
-        if err < 0:
-            raise OSError(-err, os.strerror(-err))
+    def __init__(self, state: Any) -> None:
+        self.state = state
 
     @property
     def position(self) -> int:

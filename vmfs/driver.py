@@ -285,6 +285,7 @@ class Driver:
         if natively:
             irq_fd, notify_fd, doorbell = self.transport.native_signals()
             self.native.attach_transport(irq_fd, notify_fd, doorbell, wake_r)
+            engine.hand_back = True
         try:
             while not self._stopping:
                 if natively and engine.tap is None and engine.quiescent():

@@ -236,7 +236,10 @@ class Engine:
         self.inline_ops = inline_ops
         # vmfs.native.Context with the queues attached: serves the common commands in C
         self.native = native
+        self.hand_back = False  # set by a driver that runs the native loop (see pump)
+        self._native_kinds = bytes(NUM_COMMANDS)
         if native is not None:
+            self._native_kinds = bytes(native.ctx.native[0:NUM_COMMANDS])
             self._native_ctx = native.ctx
             self._native_out = ffi.new("uint32_t *"), ffi.new("uint64_t *")
         self.try_now = try_now  # a call performed now, or None for the ring
@@ -275,14 +278,21 @@ class Engine:
         return n
 
     def pump(self) -> bool:
-        """One batch: take, start, submit, reap, publish. True if anything happened."""
-        took = self.takeable()
+        """One batch: take, start, submit, reap, publish. True if anything happened.
+
+        With `hand_back` set (the driver runs the native loop), taking stops at a command the
+        native loop takes once everything before it is answered: the loop goes on from there.
+        """
+        takeable = self.takeable()
         region = self.cmdq.region
         device_slots = self.command_slots
         slots = self.slots
         native = self.native is not None and self.tap is None
+        hand_back = native and self.hand_back
+        natives = self._native_kinds
         clock = time.perf_counter_ns
-        for _ in range(took):
+        took = 0
+        while took < takeable:
             index = self.next_take
             slot = index % QUEUE_CAPACITY
             req = slots[slot]
@@ -292,6 +302,16 @@ class Engine:
             else:
                 message, moff = region, off
             req.id, cmd = MESSAGE_HEADER.unpack_from(message, moff)
+            if (
+                hand_back
+                and took
+                and not self.outstanding
+                and not self.in_flight
+                and cmd < NUM_COMMANDS
+                and natives[cmd]
+            ):
+                break  # all answered: the native loop goes on from this command
+            took += 1
             req.cmd = cmd
             req.index = index
             self.next_take = (index + 1) & U64_MASK

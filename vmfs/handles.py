@@ -12,7 +12,6 @@ native serve loop and the Python engine see one table; this class is Python's vi
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -56,7 +55,6 @@ class HandleTable:
         mask = self.ctx.handles.generation_mask
         for slot in range(self.limit):
             self.ctx.handles.generation[slot] = _RANDOM.randrange(1, mask + 1)
-        self._streams: list[DirStream | None] = [None] * self.limit
 
     def __len__(self) -> int:
         return self.limit - self.ctx.handles.free_count
@@ -64,22 +62,14 @@ class HandleTable:
     def full(self) -> bool:
         return not self.ctx.handles.free_count
 
-    def add(self, entry: OpenFile | OpenDirectory) -> int | None:
-        """Store `entry`; its handle, or None when the table is full."""
-        if isinstance(entry, OpenFile):
-            dev, ino = entry.key
-            handle = lib.vmfs_handle_add(
-                self.ctx, _FILE, entry.fd, entry.readable, entry.writable, dev, ino
-            )
-        else:
-            handle = lib.vmfs_handle_add(self.ctx, _DIRECTORY, entry.fd, 1, 0, 0, 0)
-            if handle >= 0:
-                self._streams[handle & (self.limit_mask)] = entry.stream
+    def add(self, entry: OpenFile) -> int | None:
+        """Store `entry`; its handle, or None when the table is full. (Directory handles are
+        made by csrc/handles.c, vmfs_dir_open_handle, which also makes their listing.)"""
+        dev, ino = entry.key
+        handle = lib.vmfs_handle_add(
+            self.ctx, _FILE, entry.fd, entry.readable, entry.writable, dev, ino
+        )
         return None if handle < 0 else handle
-
-    @property
-    def limit_mask(self) -> int:
-        return (1 << self.ctx.handles.slot_bits) - 1
 
     def _entry(self, handle: int, kind: int) -> OpenFile | OpenDirectory | None:
         if not 0 <= handle < 1 << 31:
@@ -90,9 +80,7 @@ class HandleTable:
         e = self.ctx.handles.entries[slot]
         if e.kind == _FILE:
             return OpenFile(e.fd, bool(e.readable), bool(e.writable), (e.dev, e.ino))
-        stream = self._streams[slot]
-        assert stream is not None
-        return OpenDirectory(e.fd, stream)
+        return OpenDirectory(e.fd, DirStream(e.dir))
 
     def file(self, handle: int) -> OpenFile | None:
         entry = self._entry(handle, _FILE)
@@ -102,27 +90,12 @@ class HandleTable:
         entry = self._entry(handle, _DIRECTORY)
         return entry if type(entry) is OpenDirectory else None
 
-    def remove(self, handle: int) -> OpenFile | OpenDirectory | None:
-        """Forget `handle` (the caller closes the descriptor); None if it was not valid."""
-        entry = self._entry(handle, 0)
-        if entry is not None:
-            slot = handle & self.limit_mask
-            self._streams[slot] = None
-            lib.vmfs_handle_free(self.ctx, slot)
-        return entry
-
     def close_all(self) -> int:
         """Close every descriptor and invalidate every handle; how many there were."""
-        closed = 0
         entries = self.ctx.handles.entries
+        closed = 0
         for slot in range(self.limit):
-            if entries[slot].kind == 0:
-                continue
-            try:
-                os.close(entries[slot].fd)
-            except OSError:
-                pass
-            self._streams[slot] = None
-            lib.vmfs_handle_free(self.ctx, slot)
-            closed += 1
+            if entries[slot].kind:
+                lib.vmfs_release_slot(self.ctx, slot)
+                closed += 1
         return closed

@@ -10,10 +10,12 @@ ops), never typed again in C.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from vmfs import fsm, journal, paths
 from vmfs._native import ffi, lib
+from vmfs.refusals import NOT_REFUSALS
 from vmfs.wire import (
     ACCESS_MODE_MASK,
     COMMAND_ID_OFFSET,
@@ -22,6 +24,7 @@ from vmfs.wire import (
     COMPLETION_DATA_OFFSET,
     COMPLETION_ID_OFFSET,
     COMPLETION_STATUS_OFFSET,
+    DIR_READ_MIN_BUFFER,
     HEAD_OFFSET,
     KNOWN_OPEN_FLAGS,
     MAX_FILE_OFFSET,
@@ -47,7 +50,9 @@ MAX_SLOTS = 1 << SLOT_BITS
 GENERATION_MASK = (1 << (31 - SLOT_BITS)) - 1
 BOUNCE_SIZE = 1 << 20  # larger transfers on device memory go through the Python engine
 FILE_MODE = 0o644
-OPEN_BASE = 0o2000000 | 0o4000 | 0o400  # O_CLOEXEC | O_NONBLOCK | O_NOCTTY
+DIR_MODE = 0o755
+OPEN_BASE = os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+DIR_OPEN_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NONBLOCK
 
 NATIVE_COMMANDS = {
     Command.FILE_READ: lib.VMFS_NATIVE_READ,
@@ -56,6 +61,15 @@ NATIVE_COMMANDS = {
     Command.FILE_OPEN: lib.VMFS_NATIVE_OPEN,
     Command.FILE_CLOSE: lib.VMFS_NATIVE_CLOSE,
     Command.FILE_SIZE: lib.VMFS_NATIVE_SIZE,
+    Command.DIR_OPEN: lib.VMFS_NATIVE_DIR_OPEN,
+    Command.DIR_READ: lib.VMFS_NATIVE_DIR_READ,
+    Command.DIR_CLOSE: lib.VMFS_NATIVE_DIR_CLOSE,
+    Command.DIR_TELL: lib.VMFS_NATIVE_DIR_TELL,
+    Command.DIR_SEEK: lib.VMFS_NATIVE_DIR_SEEK,
+    Command.DIR_REWIND: lib.VMFS_NATIVE_DIR_REWIND,
+    Command.DIR_CREATE: lib.VMFS_NATIVE_DIR_CREATE,
+    Command.DIR_REMOVE: lib.VMFS_NATIVE_DIR_REMOVE,
+    Command.FILE_REMOVE: lib.VMFS_NATIVE_FILE_REMOVE,
 }
 
 _uncleared = ffi.new_allocator(should_clear_after_alloc=False)
@@ -92,6 +106,8 @@ class Context:
         for cmd, kind in NATIVE_COMMANDS.items():
             native[cmd] = kind
         c.native = self._keep_alive(ffi.new("uint8_t[]", native))
+        refusal = [int(status not in NOT_REFUSALS) for status in range(NUM_STATUSES)]
+        c.refusal = self._keep_alive(ffi.new("uint8_t[]", refusal))
         c.root_fd = -1
         c.special_for = -2
         c.ring_available = int(ring_available)
@@ -132,6 +148,9 @@ class Context:
         f.max_file_offset, f.resolve = MAX_FILE_OFFSET, paths.RESOLVE
         f.open_access_mask, f.open_known = ACCESS_MODE_MASK, KNOWN_OPEN_FLAGS
         f.open_create, f.open_base, f.file_mode = int(OpenFlags.CREATE), OPEN_BASE, FILE_MODE
+        f.dir_open_flags, f.dir_mode = DIR_OPEN_FLAGS, DIR_MODE
+        f.dir_min_buffer = DIR_READ_MIN_BUFFER
+        f.st_end_of_directory = Status.END_OF_DIRECTORY
         f.st_error, f.st_invalid_buffer = Status.ERROR, Status.INVALID_BUFFER
         f.st_invalid_fd, f.st_invalid_path = Status.INVALID_FD, Status.INVALID_PATH
         f.st_invalid_read, f.st_invalid_write = Status.INVALID_READ, Status.INVALID_WRITE

@@ -17,7 +17,8 @@ from typing import Any
 from vmfs import paths
 from vmfs._native import ffi, lib
 from vmfs.dirops import DirectoryCommands
-from vmfs.handles import HandleTable, OpenDirectory, OpenFile
+from vmfs.handles import HandleTable, OpenFile
+from vmfs.native import DIR_MODE
 from vmfs.ordering import (
     NAMESPACE_READ,
     NAMESPACE_WRITE,
@@ -51,7 +52,6 @@ from vmfs.wire import MAX_FILE_OFFSET, Command, OpenFlags, Status
 
 log = logging.getLogger("vmfs.ops")
 
-DIR_MODE = 0o755
 CREATE_FLAG = int(OpenFlags.CREATE)  # a plain int: IntFlag arithmetic is slow on the hot path
 
 
@@ -165,15 +165,6 @@ class Operations(DirectoryCommands):
         wait for them, or it could take a handle an earlier open is refused for."""
         return bool(self.opening) and len(self.handles) + self.opening >= self.handles.limit
 
-    def _issue_handle(self, req: Request, entry: OpenFile | OpenDirectory) -> None:
-        """Answer an open with a new handle for `entry`, or close its fd if the table is full."""
-        handle = self.handles.add(entry)
-        if handle is None:
-            os.close(entry.fd)
-            req.finish(Status.TOO_MANY_OPEN_FILES)
-        else:
-            req.finish(Status.SUCCESS, handle)
-
     # -- helpers ------------------------------------------------------------------------------
 
     def _path(self, offset: int, size: int) -> bytes:
@@ -225,7 +216,7 @@ class Operations(DirectoryCommands):
 
     def file_close(self, req: Request) -> Steps:
         """Performed at once (close cannot wait on the disk), by the native loop's own code."""
-        req.finish(lib.vmfs_close_handle(self.ctx, req.params[0]))
+        req.finish(lib.vmfs_close_handle(self.ctx, req.params[0], lib.VMFS_KIND_FILE))
         yield from ()
 
     def _transfer_handle(self, req: Request, writing: bool) -> OpenFile | None:
