@@ -33,6 +33,8 @@ def cold_unavailable() -> str | None:
     """Why the workload cannot run here, or None."""
     if os.geteuid() != 0:
         return "needs root (it mounts an ext4 image and drops the page cache); run bench as root"
+    if not os.access(DROP_CACHES, os.W_OK):
+        return f"cannot write {DROP_CACHES} (read-only here), so the cache cannot be dropped"
     if shutil.which("mkfs.ext4") is None:
         return "needs mkfs.ext4 (e2fsprogs)"
     return None
