@@ -9,19 +9,24 @@ same machine. fio-style: ops/s, MiB/s, p50/p99/p99.9 latency, the driver's CPU t
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
 import shutil
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
+from vmfs.benchcold import cold_root, cold_unavailable, drop_caches
 from vmfs.benchdirect import run_sync, run_uring
 from vmfs.benchlist import ensure_list_dir, run_list_direct, run_list_protocol
 from vmfs.benchload import (
+    COLD,
     DATA_FILE,
     MIX_DIR,
     TARGET_ARGS,
@@ -49,7 +54,10 @@ def pin(cpu: int | None, pid: int = 0) -> None:
 
 def run_one(wl: Workload, target: str, root: Path, opts: Any, progress: Progress) -> Result:
     """One workload against one target: warm up, measure, account the driver's CPU."""
-    rec = Recorder(opts.seconds, opts.ops, warmup=min(256, max(16, opts.ops // 10 or 256)))
+    budget = opts.file_size // wl.bs if wl.kind == COLD else 0  # each block read at most once
+    rec = Recorder(opts.seconds, opts.ops, min(256, max(16, opts.ops // 10 or 256)), budget)
+    if wl.kind == COLD:
+        drop_caches(root)
     if wl.kind == "mixed":
         shutil.rmtree(root / MIX_DIR, ignore_errors=True)
         (root / MIX_DIR).mkdir()
@@ -199,6 +207,33 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def workload_root(wl: Workload, root: Path, opts: Any) -> Iterator[tuple[Path, Any] | None]:
+    """Where `wl` runs and with which options: the common root, or the cold-cache workload's own
+    ext4 root (None when it cannot run here, said in one line)."""
+    if wl.kind != COLD:
+        yield root, opts
+        return
+    why = cold_unavailable()
+    if why:
+        print(f"bench: {wl.name} skipped: {why}", file=sys.stderr)
+        yield None
+        return
+    cold_opts = argparse.Namespace(**{**vars(opts), "file_size": opts.cold_mib << 20})
+    with cold_root(Path(opts.cold_dir), cold_opts.file_size) as cold:
+        yield cold, cold_opts
+
+
+def chosen(wl: Workload, parts: list[str]) -> bool:
+    """Every default workload when no part is given, else those whose name contains a part;
+    an opt-in workload (long, or needing root) only when a part begins its name."""
+    if not parts:
+        return not wl.opt_in
+    if wl.opt_in:
+        return any(wl.name.startswith(p) for p in parts)
+    return any(p in wl.name for p in parts)
+
+
 def check_options(opts: Any) -> None:
     """Refuse a bad `vmfs bench` command line before anything is created or started."""
     if opts.seconds <= 0:
@@ -207,6 +242,8 @@ def check_options(opts: Any) -> None:
         raise UsageError(f"bench: --ops must be 0 (use --seconds) or more, not {opts.ops}")
     if opts.file_mib <= 0:
         raise UsageError(f"bench: --file-mib must be more than 0, not {opts.file_mib}")
+    if opts.cold_mib < 4:
+        raise UsageError(f"bench: --cold-mib must be 4 or more, not {opts.cold_mib}")
     opts.file_size = opts.file_mib << 20
     opts.targets = [t.strip() for t in opts.targets.split(",") if t.strip()]
     unknown = [t for t in opts.targets if t not in TARGETS]
@@ -215,7 +252,7 @@ def check_options(opts: Any) -> None:
             f"bench: unknown target {', '.join(unknown) or '(none given)'}; "
             f"choose from {', '.join(TARGETS)}"
         )
-    if not any(any(p in w.name for p in opts.workloads or [""]) for w in WORKLOADS):
+    if not any(chosen(w, opts.workloads) for w in WORKLOADS):
         raise UsageError(
             f"bench: no workload name contains {' or '.join(opts.workloads)}; "
             f"the workloads are {', '.join(w.name for w in WORKLOADS)}"
@@ -227,6 +264,8 @@ def check_options(opts: Any) -> None:
                 f"bench: --pin {opts.pin} is not a CPU this process may run on "
                 f"(allowed: {', '.join(map(str, allowed))})"
             )
+    if not os.path.isdir(opts.cold_dir):
+        raise UsageError(f"bench: --cold-dir {opts.cold_dir} is not a directory")
     if opts.root is not None and not os.path.isdir(opts.root):
         raise UsageError(
             f"bench: --root {opts.root} is not a directory (give an existing one, or none "
@@ -235,15 +274,14 @@ def check_options(opts: Any) -> None:
 
 
 def main(opts: Any) -> int:
-    selected = [
-        w for w in WORKLOADS if not opts.workloads or any(p in w.name for p in opts.workloads)
-    ]
+    selected = [w for w in WORKLOADS if chosen(w, opts.workloads)]
     targets = [t for t in TARGETS if t in opts.targets]
     pin(opts.pin)
     owned = opts.root is None
     root = Path(opts.root or tempfile.mkdtemp(prefix="vmfs-bench-root-", dir=DEFAULT_ROOT_PARENT))
     made_data_file = not (root / DATA_FILE).exists()
-    ensure_data_file(root, opts.file_size)
+    if any(w.kind != COLD for w in selected):
+        ensure_data_file(root, opts.file_size)
     if any(w.kind == "list" for w in selected):
         ensure_list_dir(root)
     progress = Progress(
@@ -252,11 +290,15 @@ def main(opts: Any) -> int:
     results: list[Result] = []
     try:
         for wl in selected:
-            for target in targets:
-                results.append(run_one(wl, target, root, opts, progress))
-                if not opts.json and not progress.enabled:
-                    r = results[-1]
-                    print(f"{wl.name} {target}: {r.ops_per_s:,.0f} ops/s", file=sys.stderr)
+            with workload_root(wl, root, opts) as place:
+                if place is None:
+                    progress.count += len(targets)
+                    continue
+                for target in targets:
+                    results.append(run_one(wl, target, *place, progress))
+                    if not opts.json and not progress.enabled:
+                        r = results[-1]
+                        print(f"{wl.name} {target}: {r.ops_per_s:,.0f} ops/s", file=sys.stderr)
     finally:
         if owned:
             shutil.rmtree(root, ignore_errors=True)

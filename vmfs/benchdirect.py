@@ -15,7 +15,17 @@ import time
 from pathlib import Path
 
 from vmfs._native import ffi, lib
-from vmfs.benchload import DATA_FILE, MIX_DIR, READS, WORD, WRITE_FILE, Recorder, Workload, pattern
+from vmfs.benchload import (
+    DATA_FILE,
+    MIX_DIR,
+    READS,
+    WORD,
+    WRITE_FILE,
+    Recorder,
+    Workload,
+    block_order,
+    pattern,
+)
 from vmfs.uring import STATX_BASIC_STATS, Ring, new_open_how, new_statx
 
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -32,6 +42,7 @@ class Direct:
         self.nblocks = file_size // self.bs
         self.seq = 0
         self.rng = random.Random(7)
+        self.order = block_order(wl.kind, self.nblocks)
         self.bufs = [ffi.new("char[]", self.bs) for _ in range(wl.qd)]
         for buf in self.bufs:
             ffi.memmove(buf, b"\xa5" * self.bs, self.bs)
@@ -57,7 +68,10 @@ class Direct:
 
     def next_offset(self, i: int) -> int:
         kind = self.wl.kind
-        blk = self.seq if kind in ("seqread", "write") else self.rng.randrange(self.nblocks)
+        if kind in ("seqread", "write"):
+            blk = self.seq
+        else:
+            blk = self.order[self.seq] if self.order else self.rng.randrange(self.nblocks)
         self.seq = (self.seq + 1) % self.nblocks
         self.offs[i] = blk * self.bs
         return self.offs[i]

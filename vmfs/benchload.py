@@ -31,16 +31,18 @@ AUX_OUT = 2048
 MiB = 1 << 20
 CMD = struct.Struct("<QQ6Q")
 WORD = struct.Struct("<Q")
-READS = frozenset({"seqread", "randread", "lat", "mixed"})
+COLD = "coldread"  # random reads of a file on a disk filesystem, page cache dropped first
+READS = frozenset({"seqread", "randread", "lat", "mixed", COLD})
 
 
 @dataclass(frozen=True)
 class Workload:
     name: str
-    kind: str  # seqread randread write stat openclose mixed lat list
+    kind: str  # seqread randread write stat openclose mixed lat list coldread
     bs: int
     qd: int
     title: str
+    opt_in: bool = False  # run only when `--workloads` names it by its beginning
 
 
 WORKLOADS = (
@@ -55,6 +57,14 @@ WORKLOADS = (
     Workload("mixed-qd16", "mixed", 4096, 16, "mixed reads + directory ops, qd 16"),
     Workload("lat-4k-qd1", "lat", 4096, 1, "latency 4 KiB, qd 1"),
     Workload("list-100k-qd16", "list", 0, 16, "listing 100 000 names (ops = names), qd 16"),
+    Workload(
+        "cold-randread-4k-qd64",
+        COLD,
+        4096,
+        64,
+        "random read 4 KiB, qd 64, cold cache on ext4 (disk)",
+        opt_in=True,
+    ),
 )
 TARGETS = ("vmfs", "bounce", "no-uring", "record", "sync", "uring")
 # `record` is vmfs with `--record` (a trace file in the run's directory) to show its cost.
@@ -83,16 +93,21 @@ class Result:
 class Recorder:
     """Ops, bytes and latencies of one measured run (after its warm-up)."""
 
-    def __init__(self, seconds: float, ops: int, warmup: int) -> None:
+    def __init__(self, seconds: float, ops: int, warmup: int, budget: int = 0) -> None:
         self.seconds, self.limit, self.warmup = seconds, ops, warmup
+        self.budget = budget  # ops that may be issued at all, warm-up included (0: no cap)
         self.lat = array("Q")
-        self.ops = self.bytes = self.errors = self.started = 0
+        self.ops = self.bytes = self.errors = self.started = self.issued = 0
         self.t0 = self.t_end = 0
         self.deadline = 0.0
         self.cpu0 = 0.0
         self.on_start: Callable[[], None] = lambda: None
 
     def may_start(self, cost: int = 1) -> bool:
+        if self.budget:
+            self.issued += cost
+            if self.issued > self.budget:
+                return False
         if self.warmup > 0:
             return True
         if self.limit:
@@ -155,6 +170,16 @@ def pattern(offset: int) -> int:
     return (offset * 0x9E3779B97F4A7C15 + 0x5EED) & ((1 << 64) - 1)
 
 
+def block_order(kind: str, nblocks: int) -> list[int] | None:
+    """For the cold workload, every block once in a shuffled order (the recorder's budget ends
+    the run before any block comes round again): each read is a page-cache miss."""
+    if kind != COLD:
+        return None
+    order = list(range(nblocks))
+    random.Random(7).shuffle(order)
+    return order
+
+
 def ensure_data_file(root: Path, size: int) -> None:
     path = root / DATA_FILE
     if path.exists() and path.stat().st_size == size:
@@ -208,6 +233,7 @@ def run_protocol(srv: LoopbackServer, wl: Workload, rec: Recorder, file_size: in
     nblocks = file_size // bs
     stride = (bs + 4095) // 4096 * 4096 + AUX
     rng = random.Random(7)
+    order = block_order(wl.kind, nblocks)
     handle = 0
     if wl.kind == "write":
         opened = client.open(WRITE_FILE, OpenFlags.READ_WRITE | OpenFlags.CREATE)
@@ -290,7 +316,10 @@ def run_protocol(srv: LoopbackServer, wl: Workload, rec: Recorder, file_size: in
         elif kind == "openclose":
             pack(cmd_region, off, s.idx, Command.FILE_OPEN, *s.path, 0, 0, 0, 0)
         else:
-            blk = seq if kind in ("seqread", "write") else rng.randrange(nblocks)
+            if kind in ("seqread", "write"):
+                blk = seq
+            else:
+                blk = order[seq] if order else rng.randrange(nblocks)
             seq = (seq + 1) % nblocks
             s.off = blk * bs
             op = Command.FILE_WRITE if kind == "write" else Command.FILE_READ

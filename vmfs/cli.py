@@ -178,8 +178,13 @@ def _bench(args: argparse.Namespace) -> int:
 def _workload_epilog() -> str:
     from vmfs.benchload import WORKLOADS
 
-    names = ", ".join(w.name for w in WORKLOADS)
-    return f"Workloads (--workloads picks those whose name contains a given part): {names}."
+    names = ", ".join(w.name for w in WORKLOADS if not w.opt_in)
+    extra = ", ".join(w.name for w in WORKLOADS if w.opt_in)
+    return (
+        f"Workloads (--workloads picks those whose name contains a given part): {names}. "
+        f"Run only when a part begins their name (e.g. --workloads cold): {extra} (random "
+        "reads of an ext4 image on disk with the page cache dropped first; needs root)."
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -392,6 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--pin", type=int, metavar="CPU", help="run client and driver on this CPU")
     bench.add_argument("--root", metavar="DIR", help="served directory (default: a tmpfs dir)")
     bench.add_argument("--file-mib", type=int, default=32, help="size of the read file (32)")
+    bench.add_argument(
+        "--cold-mib", type=int, default=256, help="size of the cold-cache workload's file (256)"
+    )
+    bench.add_argument(
+        "--cold-dir",
+        default="/var/tmp",
+        help="where the cold-cache workload makes its ext4 image: a disk, not tmpfs (/var/tmp)",
+    )
     bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
     bench.add_argument("--progress", action="store_true", help="progress line even if not a tty")
     bench.late_epilog = _workload_epilog
