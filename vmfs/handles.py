@@ -12,7 +12,7 @@ native serve loop and the Python engine see one table; this class is Python's vi
 
 from __future__ import annotations
 
-import random
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,7 +22,6 @@ from vmfs.dirstream import DirStream
 if TYPE_CHECKING:
     from vmfs.native import Context
 
-_RANDOM = random.SystemRandom()
 _FILE = lib.VMFS_KIND_FILE
 _DIRECTORY = lib.VMFS_KIND_DIR
 
@@ -53,8 +52,10 @@ class HandleTable:
         self.ctx = context.ctx
         self.limit = self.ctx.handles.limit
         mask = self.ctx.handles.generation_mask
+        # One getrandom for the whole table (a call per slot cost a system call each at start).
+        words = memoryview(os.urandom(4 * self.limit)).cast("I")
         for slot in range(self.limit):
-            self.ctx.handles.generation[slot] = _RANDOM.randrange(1, mask + 1)
+            self.ctx.handles.generation[slot] = words[slot] % mask + 1
 
     def __len__(self) -> int:
         return self.limit - self.ctx.handles.free_count
