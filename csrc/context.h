@@ -18,7 +18,25 @@ struct vmfs_facts {
     /* the request machine: table[state * ntriggers + trigger] -> next state, or -1 */
     const int8_t *table;
     uint32_t nstates, ntriggers;
-    uint32_t idle, take, answer, publish;
+    uint32_t idle, completed;
+    uint32_t take, answer, publish, submit, resubmit, reap, hold, run, hand_over;
+    uint64_t max_io;           /* the most one read call moves */
+    uint64_t cmd_file_read;
+    const uint8_t *errno_status; /* errno -> status of a failed read (vmfs.paths.status_of) */
+    uint32_t errno_count;
+};
+
+/* A command the refusal log reports (not SUCCESS, not END_OF_DIRECTORY). */
+struct vmfs_refused {
+    uint64_t index, id, cmd, status;
+    uint64_t params[6];
+};
+
+/* A FILE_READ on the ring. */
+struct vmfs_pending {
+    uint64_t id, index, started, position, size, done, buf_off;
+    char *bounce; /* device memory: the data lands here first */
+    int32_t fd;
 };
 
 struct vmfs_handle {
@@ -68,9 +86,14 @@ struct vmfs_ctx {
     uint8_t *doorbell;
     int spin_us, idle_ms;
     uint64_t served, batches_run;
-    /* the last command answered with a status other than SUCCESS (for the refusal log) */
-    uint64_t refused_index, refused_id, refused_cmd, refused_status;
-    uint64_t refused_params[6];
+    uint64_t cmpl_published;
+    struct io_uring *ring;   /* reads that would wait for the disk go here (NULL: none) */
+    int ring_event_fd;       /* readable when the ring posts completions */
+    struct vmfs_pending *pending; /* per queue slot */
+    uint32_t in_flight;
+    /* refusals since the loop last returned (for the refusal log) */
+    struct vmfs_refused refused[16];
+    uint32_t refused_count;
     /* tests: every transition the loop made, as (from << 16 | trigger << 8 | to) */
     uint32_t *transitions;
     uint32_t transitions_len, transitions_cap;

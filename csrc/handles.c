@@ -14,8 +14,9 @@ enum {
     VMFS_NATIVE_DIR_REWIND, VMFS_NATIVE_DIR_CREATE, VMFS_NATIVE_DIR_REMOVE,
     VMFS_NATIVE_FILE_REMOVE
 };
-/* What serving one command natively gave. */
-enum { VMFS_PUNT = 0, VMFS_ANSWERED = 1 };
+/* What serving one command natively gave: WOULD_BLOCK is a FILE_READ whose data is not in
+   memory (nothing read, nothing changed): the loop may put it on the ring. */
+enum { VMFS_PUNT = 0, VMFS_ANSWERED = 1, VMFS_WOULD_BLOCK = 2 };
 
 #define VMFS_TMPFS_MAGIC 0x01021994
 #define VMFS_RAMFS_MAGIC 0x858458F6
@@ -277,7 +278,8 @@ static int vmfs_native_transfer(struct vmfs_ctx *c, const uint64_t *p, int writi
     int slot = -1;
     if (vmfs_check_transfer(c, p, writing, &slot)) return VMFS_PUNT;
     h = &c->handles.entries[slot];
-    if (h->io == VMFS_IO_RING || (writing && h->io != VMFS_IO_SYNC)) return VMFS_PUNT;
+    if (writing && h->io != VMFS_IO_SYNC) return VMFS_PUNT;
+    if (h->io == VMFS_IO_RING) return VMFS_WOULD_BLOCK;
     if (c->device_memory && size > c->bounce_size) return VMFS_PUNT;
     if (!writing && size > c->f.max_file_offset - 1 - p[1]) size = c->f.max_file_offset - 1 - p[1];
     if (writing)
@@ -289,6 +291,7 @@ static int vmfs_native_transfer(struct vmfs_ctx *c, const uint64_t *p, int writi
                    ? vmfs_pread_bounce(h->fd, c->bounce, (char *)c->share + p[2], size, p[1], flags)
                    : vmfs_pread_full(h->fd, (char *)c->share + p[2], size, p[1], flags);
         if (done == -EOPNOTSUPP && flags) h->io = VMFS_IO_RING;
+        if (done == -EAGAIN || done == -EOPNOTSUPP) return VMFS_WOULD_BLOCK;
     }
     if (done < 0) return VMFS_PUNT;
     *data = (uint64_t)done;

@@ -110,6 +110,20 @@ static void vmfs_complete(struct vmfs_ctx *c, uint64_t index, uint64_t id, uint6
     c->counts.latency[vmfs_log2_bucket(vmfs_now_ns() - started, c->counts.latency_buckets)]++;
 }
 
+/* Keep a refusal for the refusal log; 0 when the buffer is full (the loop must return). */
+static int vmfs_note_refusal(struct vmfs_ctx *c, uint64_t index, uint64_t id, uint64_t cmd,
+                             uint32_t status, const uint64_t *p) {
+    struct vmfs_refused *r;
+    if (!c->refusal[status]) return 1;
+    r = &c->refused[c->refused_count++];
+    r->index = index;
+    r->id = id;
+    r->cmd = cmd;
+    r->status = status;
+    memcpy(r->params, p, sizeof r->params);
+    return c->refused_count < sizeof c->refused / sizeof c->refused[0];
+}
+
 static void vmfs_notify(const struct vmfs_ctx *c) {
     if (c->uio) {
         vmfs_store_byte(c->doorbell, 1);
@@ -120,18 +134,24 @@ static void vmfs_notify(const struct vmfs_ctx *c) {
     }
 }
 
-/* Completions first, then the command head (the client may reuse those slots), then the
-   doorbell. */
-static int vmfs_publish(struct vmfs_ctx *c, uint64_t taken) {
-    uint64_t i;
-    vmfs_store_release(c->cmplq + c->f.tail_offset, c->cmpl_tail);
-    for (i = 0; i < taken; i++)
-        if (vmfs_move(c, (uint32_t)((c->head + i) % c->f.capacity), c->f.publish)) return -1;
-    c->head += taken;
-    vmfs_store_release(c->cmdq + c->f.head_offset, c->head);
-    vmfs_notify(c);
-    c->counts.batches[vmfs_log2_bucket(taken, c->counts.batch_buckets)]++;
-    c->batches_run++;
+/* Completions first, then the command head over every answered command in queue order (the
+   client may reuse those slots), then the doorbell. */
+static int vmfs_publish(struct vmfs_ctx *c) {
+    uint64_t head = c->head;
+    if (c->cmpl_tail != c->cmpl_published)
+        vmfs_store_release(c->cmplq + c->f.tail_offset, c->cmpl_tail);
+    while (head != c->next_take && c->slot_state[head % c->f.capacity] == c->f.completed) {
+        if (vmfs_move(c, (uint32_t)(head % c->f.capacity), c->f.publish)) return -1;
+        head++;
+    }
+    if (head != c->head) {
+        c->head = head;
+        vmfs_store_release(c->cmdq + c->f.head_offset, head);
+    }
+    if (c->cmpl_tail != c->cmpl_published) {
+        c->cmpl_published = c->cmpl_tail;
+        vmfs_notify(c);
+    }
     return 0;
 }
 
@@ -148,14 +168,111 @@ static void vmfs_acknowledge(const struct vmfs_ctx *c) {
     }
 }
 
-/* Take and serve one batch: how many were answered; *code set when the loop must return. */
+/* -- reads on the ring ------------------------------------------------------------------------ */
+
+/* Queue the rest of a pending read; 0, or -1 when the submission queue has no room. */
+static int vmfs_prep_pending(struct vmfs_ctx *c, uint32_t slot) {
+    struct vmfs_pending *q = &c->pending[slot];
+    uint64_t want = q->size - q->done;
+    char *buf = q->bounce ? q->bounce + q->done : (char *)c->share + q->buf_off + q->done;
+    struct io_uring_sqe *sqe = io_uring_get_sqe(c->ring);
+    if (!sqe) {
+        io_uring_submit(c->ring);
+        if (!(sqe = io_uring_get_sqe(c->ring))) return -1;
+    }
+    io_uring_prep_read(sqe, q->fd, buf, (unsigned)(want < c->f.max_io ? want : c->f.max_io),
+                       q->position + q->done);
+    io_uring_sqe_set_data64(sqe, slot);
+    return 0;
+}
+
+/* A FILE_READ whose data is not in memory goes on the ring, checked and journalled already. */
+static int vmfs_read_to_ring(struct vmfs_ctx *c, uint64_t index, uint64_t id, const uint64_t *p,
+                             uint64_t started) {
+    uint32_t slot = (uint32_t)(index % c->f.capacity);
+    struct vmfs_pending *q = &c->pending[slot];
+    int hslot = vmfs_handle_slot(c, p[0], VMFS_KIND_FILE);
+    uint64_t size = p[3];
+    if (hslot < 0) return -1;
+    if (size > c->f.max_file_offset - 1 - p[1]) size = c->f.max_file_offset - 1 - p[1];
+    q->id = id;
+    q->index = index;
+    q->started = started;
+    q->position = p[1];
+    q->size = size;
+    q->done = 0;
+    q->buf_off = p[2];
+    q->fd = c->handles.entries[hslot].fd;
+    q->bounce = NULL;
+    if (c->device_memory && !(q->bounce = malloc(size))) return -1;
+    if (vmfs_prep_pending(c, slot) < 0) {
+        free(q->bounce);
+        return -1;
+    }
+    c->in_flight++;
+    return 0;
+}
+
+/* Take every completion the ring has posted: finish reads, queue the rest of short ones. */
+static int vmfs_reap_reads(struct vmfs_ctx *c) {
+    struct io_uring_cqe *cqe;
+    unsigned head, seen = 0;
+    int ret = 0;
+    io_uring_for_each_cqe(c->ring, head, cqe) {
+        uint32_t slot = (uint32_t)cqe->user_data, status = 0;
+        struct vmfs_pending *q = &c->pending[slot];
+        int res = cqe->res;
+        seen++;
+        if (res > 0) {
+            q->done += (uint64_t)res;
+            if (q->done < q->size) {
+                if (vmfs_move(c, slot, c->f.resubmit) || vmfs_prep_pending(c, slot) < 0) ret = -1;
+                continue;
+            }
+        } else if (res < 0 && !q->done) {
+            status = (uint32_t)-res < c->f.errno_count ? c->f.errno_status[-res] : c->f.st_error;
+        }
+        if (q->bounce) {
+            if (q->done) vmfs_copy_aligned(c->share + q->buf_off, q->bounce, q->done);
+            free(q->bounce);
+            q->bounce = NULL;
+        }
+        if (vmfs_move(c, slot, c->f.reap)) ret = -1;
+        vmfs_complete(c, q->index, q->id, c->f.cmd_file_read, status, status ? 0 : q->done,
+                      q->started);
+        c->in_flight--;
+        if (status) {
+            uint64_t params[6] = { 0, q->position, q->buf_off, q->size, 0, 0 };
+            vmfs_note_refusal(c, q->index, q->id, c->f.cmd_file_read, status, params);
+        }
+    }
+    io_uring_cq_advance(c->ring, seen);
+    return ret;
+}
+
+/* The barrier: every read on the ring finished and answered. */
+static int vmfs_drain(struct vmfs_ctx *c) {
+    while (c->in_flight) {
+        int ret = io_uring_submit_and_wait(c->ring, 1);
+        if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) return -1;
+        if (vmfs_reap_reads(c)) return -1;
+    }
+    return 0;
+}
+
+/* -- the loop ---------------------------------------------------------------------------------- */
+
+/* Take and serve one batch: how many were taken; *code set when the loop must return. Reads
+   that would wait for the disk go on the ring and overlap; any other command first waits for
+   them (barrier_wait), so the client sees queue order. */
 static uint64_t vmfs_serve_batch(struct vmfs_ctx *c, int64_t n, int *code) {
     uint64_t taken = 0;
     uint8_t message[c->f.message_size];
     for (; (int64_t)taken < n; taken++) {
         uint64_t index = c->next_take, id, cmd, p[6], data, started;
-        uint32_t slot = (uint32_t)(index % c->f.capacity), status;
+        uint32_t slot = (uint32_t)(index % c->f.capacity), status, done_by;
         const uint8_t *src = c->cmdq + c->f.header_size + slot * c->f.message_size;
+        int kind, served;
         if (c->device_memory)
             vmfs_copy_aligned(message, src, sizeof message);
         else
@@ -163,7 +280,8 @@ static uint64_t vmfs_serve_batch(struct vmfs_ctx *c, int64_t n, int *code) {
         memcpy(&id, message + c->f.id_offset, 8);
         memcpy(&cmd, message + c->f.type_offset, 8);
         memcpy(p, message + c->f.params_offset, sizeof p);
-        if (cmd >= c->f.num_commands || !c->native[cmd]) {
+        kind = cmd < c->f.num_commands ? c->native[cmd] : VMFS_NATIVE_NONE;
+        if (kind == VMFS_NATIVE_NONE) {
             *code = VMFS_LOOP_PYTHON;
             break;
         }
@@ -172,24 +290,39 @@ static uint64_t vmfs_serve_batch(struct vmfs_ctx *c, int64_t n, int *code) {
             *code = VMFS_LOOP_ILLEGAL;
             break;
         }
-        if (vmfs_native_command(c, index, id, cmd, p, &status, &data) == VMFS_PUNT) {
-            c->slot_state[slot] = (uint8_t)c->f.idle; /* untaken: Python takes it afresh */
-            *code = VMFS_LOOP_PYTHON;
+        done_by = c->f.answer;
+        if (c->in_flight && kind != VMFS_NATIVE_READ) {
+            if (vmfs_move(c, slot, c->f.hold) || vmfs_drain(c)) {
+                *code = VMFS_LOOP_ILLEGAL;
+                break;
+            }
+            done_by = c->f.run;
+        }
+        served = vmfs_native_command(c, index, id, cmd, p, &status, &data);
+        if (served == VMFS_WOULD_BLOCK && c->ring &&
+            vmfs_read_to_ring(c, index, id, p, started) == 0) {
+            c->next_take = index + 1;
+            if (vmfs_move(c, slot, c->f.submit)) {
+                *code = VMFS_LOOP_ILLEGAL;
+                taken++;
+                break;
+            }
+            continue;
+        }
+        if (served != VMFS_ANSWERED) {
+            /* Untaken: the Python engine takes it afresh, after what is on the ring. */
+            if (vmfs_move(c, slot, c->f.hand_over)) *code = VMFS_LOOP_ILLEGAL;
+            else *code = VMFS_LOOP_PYTHON;
             break;
         }
-        if (vmfs_move(c, slot, c->f.answer)) {
+        if (vmfs_move(c, slot, done_by)) {
             *code = VMFS_LOOP_ILLEGAL;
             break;
         }
         vmfs_complete(c, index, id, cmd, status, data, started);
         c->next_take = index + 1;
         c->served++;
-        if (c->refusal[status]) {
-            c->refused_index = index;
-            c->refused_id = id;
-            c->refused_cmd = cmd;
-            c->refused_status = status;
-            memcpy(c->refused_params, p, sizeof p);
+        if (!vmfs_note_refusal(c, index, id, cmd, status, p)) {
             *code = VMFS_LOOP_REFUSED;
             taken++;
             break;
@@ -198,30 +331,47 @@ static uint64_t vmfs_serve_batch(struct vmfs_ctx *c, int64_t n, int *code) {
     return taken;
 }
 
+/* Before handing back: nothing in flight, everything answered published. */
+static int vmfs_leave(struct vmfs_ctx *c, int code) {
+    if (c->in_flight && vmfs_drain(c)) code = VMFS_LOOP_ILLEGAL;
+    if (vmfs_publish(c)) code = VMFS_LOOP_ILLEGAL;
+    if (code != VMFS_LOOP_ILLEGAL && c->refused_count) code = VMFS_LOOP_REFUSED;
+    return code;
+}
+
 static int vmfs_serve(struct vmfs_ctx *c) {
     unsigned batches_since_look = 0;
+    c->cmpl_published = c->cmpl_tail;
     for (;;) {
         uint64_t tail = vmfs_load_acquire(c->cmdq + c->f.tail_offset);
         uint64_t cmpl_head = vmfs_load_acquire(c->cmplq + c->f.head_offset);
         int problem, code = 0;
+        struct pollfd fds[3];
+        int ready, nfds;
+        /* taken but not yet written: the reads on the ring */
         int64_t n = vmfs_batch_limit(c->f.capacity, c->head, c->next_take, tail, c->cmpl_tail,
-                                     cmpl_head, 0, &problem);
-        struct pollfd fds[2];
-        int ready;
-        if (problem) return VMFS_LOOP_QUEUE;
+                                     cmpl_head, c->in_flight, &problem);
+        if (problem) return vmfs_leave(c, VMFS_LOOP_QUEUE);
         if (n > 0) {
             uint64_t taken = vmfs_serve_batch(c, n, &code);
-            if (taken && vmfs_publish(c, taken)) return VMFS_LOOP_ILLEGAL;
-            if (code) return code;
+            if (c->in_flight) io_uring_submit(c->ring);
+            if (c->in_flight && vmfs_reap_reads(c)) return vmfs_leave(c, VMFS_LOOP_ILLEGAL);
+            if (vmfs_publish(c)) return vmfs_leave(c, VMFS_LOOP_ILLEGAL);
+            if (taken) {
+                c->counts.batches[vmfs_log2_bucket(taken, c->counts.batch_buckets)]++;
+                c->batches_run++;
+            }
+            if (code) return vmfs_leave(c, code);
+            if (c->refused_count) return vmfs_leave(c, VMFS_LOOP_REFUSED);
             if (++batches_since_look < 64) continue;
             /* Busy without pause: still look for a signal now and then. */
             batches_since_look = 0;
             fds[0].fd = c->wake_fd;
             fds[0].events = POLLIN;
-            if (poll(fds, 1, 0) != 0) return VMFS_LOOP_WOKEN;
+            if (poll(fds, 1, 0) != 0) return vmfs_leave(c, VMFS_LOOP_WOKEN);
             continue;
         }
-        if (c->spin_us > 0) {
+        if (c->spin_us > 0 && !c->in_flight) {
             uint64_t until = vmfs_now_ns() + (uint64_t)c->spin_us * 1000u;
             while (vmfs_load_acquire(c->cmdq + c->f.tail_offset) == tail && vmfs_now_ns() < until)
                 vmfs_cpu_relax();
@@ -231,11 +381,22 @@ static int vmfs_serve(struct vmfs_ctx *c) {
         fds[0].events = POLLIN;
         fds[1].fd = c->wake_fd;
         fds[1].events = POLLIN;
-        ready = poll(fds, 2, c->idle_ms);
-        if (ready < 0) return VMFS_LOOP_WOKEN; /* EINTR: a signal */
-        if (ready == 0) return VMFS_LOOP_IDLE;
-        if (fds[1].revents) return VMFS_LOOP_WOKEN;
-        if (fds[0].revents) vmfs_acknowledge(c);
+        nfds = 2;
+        if (c->in_flight) {
+            fds[2].fd = c->ring_event_fd;
+            fds[2].events = POLLIN;
+            nfds = 3;
+        }
+        ready = poll(fds, (nfds_t)nfds, c->idle_ms);
+        if (ready < 0) return vmfs_leave(c, VMFS_LOOP_WOKEN); /* EINTR: a signal */
+        if (ready == 0 && !c->in_flight) return vmfs_leave(c, VMFS_LOOP_IDLE);
+        if (ready > 0 && fds[1].revents) return vmfs_leave(c, VMFS_LOOP_WOKEN);
+        if (ready > 0 && fds[0].revents) vmfs_acknowledge(c);
+        if (c->in_flight) {
+            uint64_t events;
+            if (nfds == 3 && fds[2].revents && read(c->ring_event_fd, &events, 8) < 0) events = 0;
+            if (vmfs_reap_reads(c) || vmfs_publish(c)) return vmfs_leave(c, VMFS_LOOP_ILLEGAL);
+        }
     }
 }
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +20,9 @@ from vmfs import fsm
 from vmfs.client import Client
 from vmfs.client_transport import LoopbackClientTransport, create_loopback_dir
 from vmfs.driver import Driver, Options
+from vmfs.native import MEMORY_MAGICS
 from vmfs.uio import LoopbackTransport
-from vmfs.wire import Command, OpenFlags, Status
+from vmfs.wire import PARAMS, Command, OpenFlags, Status
 
 
 class NativeTransport:
@@ -50,14 +53,21 @@ class NativeTransport:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[Client, Driver, NativeTransport, Path]]:
-    root = tmp_path / "root"
+    yield from serve_in_process(tmp_path)
+
+
+def serve_in_process(tmp_path: Path, root: Path | None = None) -> Iterator[Any]:
+    """An in-process driver whose client's waiting runs the native loop."""
+    root = root or tmp_path / "root"
     root.mkdir()
-    loop = create_loopback_dir(tmp_path / "loop", data_size=1 << 20)
+    loop = create_loopback_dir(tmp_path / "loop", data_size=4 << 20)
     transport = LoopbackTransport(loop)
     driver = Driver(transport, Options(root=str(root)))
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     irq, notify, doorbell = transport.native_signals()
     driver.native.attach_transport(irq, notify, doorbell, wake_r)
+    if driver.ring is not None:
+        driver.native.attach_ring(driver.ring.native_ring, driver.ring.eventfd())
     driver.native.ctx.idle_ms = 20
     driver.engine.hand_back = True
     native_transport = NativeTransport(LoopbackClientTransport(loop), driver)
@@ -112,8 +122,9 @@ def test_the_loop_serves_the_common_commands_along_the_machine_s_edges(
         for word in (recorded[i] for i in range(ctx.transitions_len))
     }
     assert made and made <= edges()
-    assert {trigger for _, trigger, _ in made} == {fsm.T["take"], fsm.T["answer"], fsm.T["publish"]}
-    assert lib.VMFS_LOOP_PYTHON in transport.reasons  # INITIALISE, DIR_CREATE, the bad read
+    handed = {fsm.T["take"], fsm.T["answer"], fsm.T["publish"], fsm.T["hand_over"]}
+    assert {trigger for _, trigger, _ in made} == handed
+    assert lib.VMFS_LOOP_PYTHON in transport.reasons  # INITIALISE, the bad read
     counts = driver.counters.by_command
     assert counts[Command.FILE_OPEN][Status.SUCCESS] == 1
     assert counts[Command.FILE_READ][Status.INVALID_FD] == 1
@@ -155,3 +166,49 @@ def test_the_loop_returns_for_a_signal_and_sleeps_when_idle(
     assert driver.engine.run_native() == lib.VMFS_LOOP_WOKEN
     os.close(wake[0])
     os.close(wake[1])
+
+
+def test_reads_that_would_wait_for_the_disk_overlap_on_the_ring(tmp_path: Path) -> None:
+    """On a disk filesystem, a read of data not in memory goes on io_uring from the loop
+    (submit, then reap), several at once, and a later command waits for them (hold, run)."""
+    base = Path("/var/tmp")
+    assert lib.vmfs_fs_magic(os.open(base, os.O_PATH)) not in MEMORY_MAGICS, "need a disk"
+    where = Path(tempfile.mkdtemp(dir=base))
+    try:
+        served = serve_in_process(tmp_path, where / "root")
+        client, driver, _, root = next(served)
+        data = os.urandom(1 << 20)
+        (root / "cold").write_bytes(data)
+        assert client.initialise().ok
+        handle = client.open("cold", OpenFlags.READ_ONLY).data
+        fd = os.open(root / "cold", os.O_RDONLY)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+        recorded = driver.native.record_transitions(10000)
+        bufs = [client.reserve(65536) for _ in range(16)]
+        ids = [
+            client.send(Command.FILE_READ, PARAMS[Command.FILE_READ].build(read))
+            for read in (
+                {"fd": handle, "offset": n * 65536, "buf": buf} for n, buf in enumerate(bufs)
+            )
+        ]
+        client.signal()
+        answers = []
+        for cmd_id, buf in zip(ids, bufs, strict=True):
+            done = client.wait(cmd_id)
+            assert (done.status, done.data) == (Status.SUCCESS, 65536)
+            answers.append(client.take(buf, done.data))
+        assert client.stat("cold")[0].ok
+        assert b"".join(answers) == data
+        made = {
+            (word >> 16, (word >> 8) & 0xFF, word & 0xFF)
+            for word in (recorded[i] for i in range(driver.native.ctx.transitions_len))
+        }
+        assert made <= edges()
+        triggers = {trigger for _, trigger, _ in made}
+        assert {fsm.T["submit"], fsm.T["reap"]} <= triggers
+        assert driver.native.ctx.in_flight == 0
+        next(served, None)
+    finally:
+        shutil.rmtree(where, ignore_errors=True)

@@ -285,6 +285,8 @@ class Driver:
         if natively:
             irq_fd, notify_fd, doorbell = self.transport.native_signals()
             self.native.attach_transport(irq_fd, notify_fd, doorbell, wake_r)
+            if self.ring is not None and ring_fd >= 0:
+                self.native.attach_ring(self.ring.native_ring, ring_fd)
             engine.hand_back = True
         try:
             while not self._stopping:

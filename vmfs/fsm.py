@@ -64,6 +64,7 @@ REQUEST_TRANSITIONS = [
     {"trigger": "reap", "source": "submitted", "dest": "completed"},
     {"trigger": "fail", "source": ["queued", "submitted", "barrier_wait"], "dest": "completed"},
     {"trigger": "publish", "source": "completed", "dest": "idle"},
+    {"trigger": "hand_over", "source": ["queued", "barrier_wait"], "dest": "idle"},
 ]
 
 DRIVER_STATES = ["starting", "recovering", "serving", "draining", "stopped"]
@@ -369,11 +370,14 @@ class Engine:
         self.cmpl_tail = self.cmpl_published = c.cmpl_tail
         if code == lib.VMFS_LOOP_ILLEGAL:
             raise IllegalTransition("the native loop met a step the request machine lacks")
-        if code == lib.VMFS_LOOP_REFUSED and self.on_refusal is not None:
-            req = Request()
-            req.index, req.id, req.cmd = c.refused_index, c.refused_id, c.refused_cmd
-            req.status, req.params = c.refused_status, tuple(c.refused_params)
-            self.on_refusal(req)
+        for i in range(c.refused_count):
+            if self.on_refusal is not None:
+                refused = c.refused[i]
+                req = Request()
+                req.index, req.id, req.cmd = refused.index, refused.id, refused.cmd
+                req.status, req.params = refused.status, tuple(refused.params)
+                self.on_refusal(req)
+        c.refused_count = 0
         self.native_served += c.served - before
         return code
 

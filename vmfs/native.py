@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from vmfs import fsm, journal, paths
 from vmfs._native import ffi, lib
 from vmfs.refusals import NOT_REFUSALS
+from vmfs.uring import MAX_IO
 from vmfs.wire import (
     ACCESS_MODE_MASK,
     COMMAND_ID_OFFSET,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 SLOT_BITS = 12  # a handle is generation << SLOT_BITS | slot, below 2^31
 MAX_SLOTS = 1 << SLOT_BITS
 GENERATION_MASK = (1 << (31 - SLOT_BITS)) - 1
+ERRNO_TABLE = 256  # errnos C maps to statuses itself (the rest are ERROR, as status_of says)
 BOUNCE_SIZE = 1 << 20  # larger transfers on device memory go through the Python engine
 FILE_MODE = 0o644
 DIR_MODE = 0o755
@@ -94,8 +96,26 @@ class Context:
         self.table = self._keep_alive(machine_table()[0])
         c.f.table = self.table
         c.f.nstates, c.f.ntriggers = len(fsm.TABLE), len(fsm.TRIGGER)
-        c.f.idle = fsm.IDLE
-        c.f.take, c.f.answer, c.f.publish = (fsm.TRIGGER[t] for t in ("take", "answer", "publish"))
+        c.f.idle, c.f.completed = fsm.IDLE, fsm.COMPLETED
+        for trigger in (
+            "take",
+            "answer",
+            "publish",
+            "submit",
+            "resubmit",
+            "reap",
+            "hold",
+            "run",
+            "hand_over",
+        ):
+            setattr(c.f, trigger, fsm.TRIGGER[trigger])
+        errno_status = [paths.status_of(err) for err in range(ERRNO_TABLE)]
+        c.f.errno_status = self._keep_alive(ffi.new("uint8_t[]", errno_status))
+        c.f.errno_count = ERRNO_TABLE
+        c.f.max_io, c.f.cmd_file_read = MAX_IO, Command.FILE_READ
+        self.pending = self._keep_alive(ffi.new("struct vmfs_pending[]", QUEUE_CAPACITY))
+        c.pending = self.pending
+        c.ring, c.ring_event_fd = ffi.NULL, -1
         h = c.handles
         h.limit, h.slot_bits, h.generation_mask = handle_limit, SLOT_BITS, GENERATION_MASK
         h.entries = self._keep_alive(ffi.new("struct vmfs_handle[]", handle_limit))
@@ -205,6 +225,12 @@ class Context:
         c.uio = int(doorbell is not None)
         if doorbell is not None:
             c.doorbell = self._keep_alive(ffi.cast("uint8_t *", doorbell))
+
+    def attach_ring(self, ring: Any, event_fd: int) -> None:
+        """The io_uring the loop puts reads that would wait for the disk on, and its eventfd."""
+        self.ctx.ring = ring
+        self.ctx.ring_event_fd = event_fd
+        self._keep.append(ring)
 
     def record_transitions(self, capacity: int) -> Any:
         """Tests: keep every transition the loop makes (up to `capacity`)."""

@@ -184,6 +184,12 @@ class Ring:
     def space(self) -> int:
         return lib.io_uring_sq_space_left(self._ring)
 
+    @property
+    def native_ring(self) -> Any:
+        """The `struct io_uring *`, for C that submits and reaps on this ring itself while
+        nothing of Python's is on it (the native serve loop)."""
+        return self._ring
+
     def eventfd(self) -> int:
         """An eventfd that becomes readable when completions are posted (registered once)."""
         if self._eventfd is None:
