@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,21 +53,31 @@ class ColdStart:
     vmfs_ms: float = 0.0  # spawn to the queued STAT's completion, median
     bare_ms: float = 0.0  # spawn to exit of `python -c pass`, median
     ratio: float = 0.0  # vmfs_ms / bare_ms
+    vmfs_cpu_ms: float = 0.0  # the same starts in CPU time: steadier on a busy machine
+    bare_cpu_ms: float = 0.0
+    cpu_ratio: float = 0.0
     vmfs_runs_ms: list[float] = field(default_factory=list)
     bare_runs_ms: list[float] = field(default_factory=list)
+    vmfs_runs_cpu_ms: list[float] = field(default_factory=list)
+    bare_runs_cpu_ms: list[float] = field(default_factory=list)
     peak_rss_mib: float = 0.0  # the driver's VmHWM after the load
-    bare_rss_mib: float = 0.0  # ru_maxrss of `python -c pass`
+    bare_rss_mib: float = 0.0  # VmHWM of a bare Python start
     stats: int = 0
     writes: int = 0  # open/write/close sequences
     errors: int = 0
     notes: list[str] = field(default_factory=list)
 
 
-def spawn_bare() -> float:
-    """Milliseconds from spawn to exit of `python -c pass`."""
+def spawn_bare() -> tuple[float, float]:
+    """Milliseconds from spawn to exit of `python -c pass`, and the CPU time it used."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "pass"], check=True)
-    return (time.perf_counter() - start) * 1e3
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"`{sys.executable} -c pass` exited {proc.returncode}")
+    return elapsed * 1e3, (usage.ru_utime + usage.ru_stime) * 1e3
 
 
 def bare_rss_mib() -> float:
@@ -97,11 +108,13 @@ class ColdDriver:
         self.client.signal()
         return init_id, stat_id
 
-    def spawn_and_wait(self) -> float:
-        """Queue the first commands, spawn the driver; milliseconds from the spawn until the
-        STAT's completion is published (both completions are then checked)."""
+    def spawn_and_wait(self, python_options: Sequence[str] = ()) -> tuple[float, float]:
+        """Queue the first commands, spawn the driver (`python_options` before `-m vmfs`);
+        milliseconds from the spawn until the STAT's completion is published, and the CPU time
+        the driver had used by then (both completions are then checked)."""
         init_id, stat_id = self.queue_first_commands()
-        args = [sys.executable, "-m", "vmfs", "serve", "--loopback", str(self.directory)]
+        args = [sys.executable, *python_options, "-m", "vmfs", "serve"]
+        args += ["--loopback", str(self.directory)]
         args += ["--root", str(self.root)]
         notify = self.client.transport.notify_fd()  # type: ignore[attr-defined]
         cmplq = self.client.cmplq
@@ -114,11 +127,12 @@ class ColdDriver:
             if self.process.poll() is not None or time.perf_counter() > deadline:
                 raise RuntimeError(f"driver gave no first answer:\n{self.log()[-2000:]}")
         elapsed = time.perf_counter() - start
+        cpu_ns = int(Path(f"/proc/{self.process.pid}/schedstat").read_text().split()[0])
         for cmd_id, what in ((init_id, "INITIALISE"), (stat_id, "STAT")):
             done = self.client.wait(cmd_id, FIRST_ANSWER_TIMEOUT)
             if done.status != Status.SUCCESS:
                 raise RuntimeError(f"the first {what} failed: {done}\n{self.log()[-2000:]}")
-        return elapsed * 1e3
+        return elapsed * 1e3, cpu_ns / 1e6
 
     def peak_rss_mib(self) -> float:
         """VmHWM of the running driver (/proc/PID/status), MiB."""
@@ -182,16 +196,18 @@ def run_coldstart(root: Path, opts: Any, runs: int = RUNS) -> ColdStart:
     try:
         with tempfile.TemporaryDirectory(prefix="vmfs-bench-cold-", dir=_scratch_parent()) as tmp:
             for run in range(runs + 1):
-                bare_ms = spawn_bare()
+                bare_ms, bare_cpu = spawn_bare()
                 base = Path(tmp) / f"run{run}"
                 base.mkdir()
                 driver = ColdDriver(base, root)
                 try:
-                    elapsed = driver.spawn_and_wait()
+                    elapsed, cpu = driver.spawn_and_wait()
                     if run == 0:
                         continue  # warm-up
                     result.bare_runs_ms.append(round(bare_ms, 2))
                     result.vmfs_runs_ms.append(round(elapsed, 2))
+                    result.bare_runs_cpu_ms.append(round(bare_cpu, 2))
+                    result.vmfs_runs_cpu_ms.append(round(cpu, 2))
                     if run == runs:
                         result.errors += stat_load(driver.client, stats)
                         result.errors += write_load(driver.client, writes)
@@ -205,6 +221,9 @@ def run_coldstart(root: Path, opts: Any, runs: int = RUNS) -> ColdStart:
     result.vmfs_ms = round(statistics.median(result.vmfs_runs_ms), 2)
     result.bare_ms = round(statistics.median(result.bare_runs_ms), 2)
     result.ratio = round(result.vmfs_ms / result.bare_ms, 2)
+    result.vmfs_cpu_ms = round(statistics.median(result.vmfs_runs_cpu_ms), 2)
+    result.bare_cpu_ms = round(statistics.median(result.bare_runs_cpu_ms), 2)
+    result.cpu_ratio = round(result.vmfs_cpu_ms / result.bare_cpu_ms, 2)
     if not os.path.exists(importlib.util.cache_from_source(str(DRIVER_SOURCE))):
         result.notes.append("vmfs's bytecode is not cached: every start compiles its sources")
     if result.errors:
@@ -221,11 +240,12 @@ def table(result: ColdStart) -> str:
     return "\n".join(
         [
             f"| cold start (median of {result.runs}) | vmfs serve: spawn to first answer | "
-            "python -c pass: spawn to exit | ratio | driver peak RSS after load | "
-            "python -c pass RSS | notes |",
-            "|---|---|---|---|---|---|---|",
+            "python -c pass: spawn to exit | ratio | CPU ms, vmfs / bare (ratio) | "
+            "driver peak RSS after load | python -c pass RSS | notes |",
+            "|---|---|---|---|---|---|---|---|",
             f"| INITIALISE + STAT queued | {result.vmfs_ms:.1f} ms | {result.bare_ms:.1f} ms | "
-            f"{result.ratio:.2f} | {result.peak_rss_mib:.1f} MiB ({result.stats:,} STATs, "
+            f"{result.ratio:.2f} | {result.vmfs_cpu_ms:.1f} / {result.bare_cpu_ms:.1f} "
+            f"({result.cpu_ratio:.2f}) | {result.peak_rss_mib:.1f} MiB ({result.stats:,} STATs, "
             f"{result.writes:,} open/write/close) | {result.bare_rss_mib:.1f} MiB | "
             f"{'; '.join(result.notes)} |",
         ]
