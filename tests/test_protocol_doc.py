@@ -77,11 +77,11 @@ def parameter_words(cmd: Command) -> list[str]:
     """`name @slot-offset` for every u64/i64 word of a command's parameters, from wire.py."""
     words = []
     offset = 16  # after id and type
-    for name, sub in wire.PARAM_FIELDS[cmd]:
-        if sub is wire.Buffer:
-            words += [f"{name}.offset @{offset}", f"{name}.size @{offset + 8}"]
+    for sub in wire.PARAMS[cmd].subcons:
+        if sub.subcon is wire.Buffer:
+            words += [f"{sub.name}.offset @{offset}", f"{sub.name}.size @{offset + 8}"]
         else:
-            words.append(f"{name} @{offset}")
+            words.append(f"{sub.name} @{offset}")
         offset += sub.sizeof()
     return words
 
@@ -99,8 +99,8 @@ def test_parameters_and_results() -> None:
 
 def test_only_dir_seek_has_a_signed_parameter() -> None:
     signed = {
-        (cmd, name) for cmd, fields in wire.PARAM_FIELDS.items() for name, sub in fields
-        if sub is Int64sl
+        (cmd, sub.name) for cmd, schema in wire.PARAMS.items() for sub in schema.subcons
+        if sub.subcon is Int64sl
     }  # fmt: skip
     assert signed == {(Command.DIR_SEEK, "loc")}
     assert "except DIR_SEEK's\n`loc`, an i64" in DOC.read_text()

@@ -72,9 +72,9 @@ def test_fast_decoder_equals_schema(cmd: Command, words: list[int], loc: int, cm
     assert (parsed.id, parsed.type) == wire.MESSAGE_HEADER.unpack_from(message, 0)
     schema = wire.PARAMS[cmd].parse(parsed.params)
     flat = []
-    for name, sub in wire.PARAM_FIELDS[cmd]:
+    for name, kind in wire.PARAM_FIELDS[cmd]:
         value = schema[name]
-        flat.extend([value.offset, value.size] if sub is wire.Buffer else [value])
+        flat.extend([value.offset, value.size] if kind == wire.BUFFER else [value])
     assert tuple(flat) == wire.FAST_PARAMS[cmd].unpack_from(message, 16)
     assert len(flat) == len(wire.flat_names(cmd))
 
@@ -82,11 +82,11 @@ def test_fast_decoder_equals_schema(cmd: Command, words: list[int], loc: int, cm
 @given(cmd=st.sampled_from(list(Command)), data=st.data())
 def test_params_round_trip(cmd: Command, data: st.DataObject) -> None:
     fields = {}
-    for name, sub in wire.PARAM_FIELDS[cmd]:
-        if sub is wire.Buffer:
+    for name, kind in wire.PARAM_FIELDS[cmd]:
+        if kind == wire.BUFFER:
             fields[name] = {"offset": data.draw(u64), "size": data.draw(u64)}
         else:
-            fields[name] = data.draw(i64 if sub is wire.Int64sl else u64)
+            fields[name] = data.draw(i64 if kind == wire.I64 else u64)
     built = wire.build_params(cmd, **fields)
     assert len(built) == 48
     parsed = wire.PARAMS[cmd].parse(built)
@@ -156,3 +156,27 @@ def test_config_page_layout() -> None:
         {"command_size": 1, "completion_size": 2, "data_size": 3, "fault_size": 4}
     )
     assert page == struct.pack("<4Q", 1, 2, 3, 4) == wire.CONFIG_FAST.pack(1, 2, 3, 4)
+
+
+def test_every_lazy_schema_name_is_built() -> None:
+    """`wire.X` for each schema name gives the built schema; other names stay missing."""
+    assert set(wire.schemas()) == wire.SCHEMA_NAMES
+    for name in wire.SCHEMA_NAMES:
+        assert getattr(wire, name) is wire.schemas()[name]
+    with pytest.raises(AttributeError):
+        _ = wire.NoSuchSchema
+
+
+def test_field_offsets_match_the_schemas() -> None:
+    """The offsets the native loop reads and writes are where the schemas put each field."""
+    message = wire.CommandMessage.build({"id": 1, "type": 2, "params": bytes(range(48))})
+    assert int.from_bytes(message[wire.COMMAND_ID_OFFSET :][:8], "little") == 1
+    assert int.from_bytes(message[wire.COMMAND_TYPE_OFFSET :][:8], "little") == 2
+    assert message[wire.COMMAND_PARAMS_OFFSET :] == bytes(range(48))
+    done = wire.CompletionMessage.build({"id": 3, "status": 4, "data": 5})
+    for offset, value in (
+        (wire.COMPLETION_ID_OFFSET, 3),
+        (wire.COMPLETION_STATUS_OFFSET, 4),
+        (wire.COMPLETION_DATA_OFFSET, 5),
+    ):
+        assert int.from_bytes(done[offset : offset + 8], "little") == value

@@ -39,6 +39,8 @@ from vmfs.benchload import (
     proc_cpu,
     run_protocol,
 )
+from vmfs.benchstart import COLDSTART, run_coldstart
+from vmfs.benchstart import table as coldstart_table
 from vmfs.client import LoopbackServer
 from vmfs.errors import UsageError
 from vmfs.tracefile import read_trace
@@ -252,10 +254,12 @@ def check_options(opts: Any) -> None:
             f"bench: unknown target {', '.join(unknown) or '(none given)'}; "
             f"choose from {', '.join(TARGETS)}"
         )
-    if not any(chosen(w, opts.workloads) for w in WORKLOADS):
+    names = [w.name for w in WORKLOADS] + [COLDSTART]
+    named_coldstart = COLDSTART in opts.workloads
+    if not named_coldstart and not any(chosen(w, opts.workloads) for w in WORKLOADS):
         raise UsageError(
             f"bench: no workload name contains {' or '.join(opts.workloads)}; "
-            f"the workloads are {', '.join(w.name for w in WORKLOADS)}"
+            f"the workloads are {', '.join(names)}"
         )
     if opts.pin is not None:
         allowed = sorted(os.sched_getaffinity(0))
@@ -276,6 +280,7 @@ def check_options(opts: Any) -> None:
 def main(opts: Any) -> int:
     selected = [w for w in WORKLOADS if chosen(w, opts.workloads)]
     targets = [t for t in TARGETS if t in opts.targets]
+    coldstart = COLDSTART in opts.workloads  # only when named
     pin(opts.pin)
     owned = opts.root is None
     root = Path(opts.root or tempfile.mkdtemp(prefix="vmfs-bench-root-", dir=DEFAULT_ROOT_PARENT))
@@ -299,15 +304,18 @@ def main(opts: Any) -> int:
                     if not opts.json and not progress.enabled:
                         r = results[-1]
                         print(f"{wl.name} {target}: {r.ops_per_s:,.0f} ops/s", file=sys.stderr)
+        cold = run_coldstart(root, opts) if coldstart else None
     finally:
         if owned:
             shutil.rmtree(root, ignore_errors=True)
         elif made_data_file:
             (root / DATA_FILE).unlink(missing_ok=True)
     if opts.json:
-        print(json.dumps([asdict(r) for r in results], indent=1))
+        reports: list[Any] = [*results, *([cold] if cold else [])]
+        print(json.dumps([asdict(r) for r in reports], indent=1))
     else:
-        print(table(results))
+        tables = ([table(results)] if results else []) + ([coldstart_table(cold)] if cold else [])
+        print("\n\n".join(tables))
         bound = [f"{r.workload} ({r.target})" for r in results if r.client_bound]
         if bound:
             print(

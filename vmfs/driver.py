@@ -7,7 +7,7 @@ ring has something, signals, and the counters.
 
 from __future__ import annotations
 
-import hashlib
+import _blake2 as hashlib  # hashlib.blake2b itself, without loading OpenSSL (3.4 MiB)
 import logging
 import os
 import select

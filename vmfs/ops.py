@@ -2,9 +2,20 @@
 
 Each command is a generator. It validates its private copy of the parameters, then `yield`s call
 tuples (see `vmfs.uring.perform`) and receives each call's result (>= 0 or a negated errno); it
-ends by setting `req.status` and `req.data`. The driver decides whether a yielded call goes to
+ends by setting `req.status` and `req.data`. The engine decides whether a yielded call goes to
 io_uring or runs at once, so each command is written once for both modes. Commands never touch
 the queues.
+
+What is yielded: every call that may wait on the disk for long — reads, writes, fsync,
+ftruncate, opens, mkdir/unlink/rename, and the statx of STAT and FILE_SIZE. What is called
+directly, on the driver thread, because io_uring on Linux 6.1 has no form for it or it cannot
+wait on the disk: closing a descriptor, the confined O_PATH lookup of a parent or of STAT's
+target (a dcache walk), fstat of a descriptor just opened, lseek(SEEK_END) for a transfer's
+ordering claims, getdents64 for listings (vmfs.dirops), mount and unmount.
+
+The checks of the commands the native loop also serves (FILE_OPEN, FILE_CLOSE, STAT, FILE_READ,
+FILE_WRITE, FILE_SIZE and the directory commands) are C functions both call (csrc/handles.c):
+written once, in protocol order, returning the status to answer.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ log = logging.getLogger("vmfs.uio")
 
 CONFIG_SIZE = 4096
 REGION_NAMES = ("vmfs_config", "vmfs_command", "vmfs_completion", "vmfs_data", "vmfs_fault")
-CONFIG_FORMAT = struct.Struct("<4Q")
+CONFIG_FORMAT = wire.CONFIG_FAST
 
 
 class TransportError(Exception):

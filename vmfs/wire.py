@@ -1,8 +1,10 @@
 """The LionsOS FS protocol on the wire: every layout, enum and constant, and the ring view.
 
-The `construct` schemas are the one statement of each layout. The hot path decodes with
-`struct.Struct` objects derived from the same field lists; tests prove both agree byte for byte.
-Nothing here does I/O.
+Each layout is stated once, as a field list here. The hot path decodes with `struct.Struct`
+objects derived from those lists; the `construct` schemas (`PARAMS`, `CommandMessage`,
+`StatRecord`, ...) are built from the same lists on first use, for clients, tools and tests, so
+a driver never imports construct (it pulls in pdb and inspect: ~8 MiB and tens of milliseconds
+before the first answer). Tests prove both agree byte for byte. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ from __future__ import annotations
 import enum
 import struct
 from typing import Any, Protocol
-
-from construct import Array, Bytes, Int64sl, Int64ul, Padded, Struct
 
 # Queue geometry (PROTOCOL.md 2.1).
 QUEUE_CAPACITY = 511
@@ -93,48 +93,34 @@ ACCESS_MODE_MASK = 3
 KNOWN_OPEN_FLAGS = ACCESS_MODE_MASK | int(OpenFlags.CREATE)
 
 # ---------------------------------------------------------------------------------------------
-# Schemas. Field lists are kept as data so the fast decoders below are derived, not re-typed.
+# Field lists: the one statement of each parameter layout. A field is a buffer descriptor (u64
+# offset, u64 size), an unsigned or a signed 64-bit little-endian word.
 
-Buffer = Struct("offset" / Int64ul, "size" / Int64ul)
+BUFFER, U64, I64 = "buffer", "u64", "i64"
+FIELD_FORMAT = {BUFFER: "QQ", U64: "Q", I64: "q"}
 
-_U = Int64ul
-PARAM_FIELDS: dict[Command, tuple[tuple[str, Any], ...]] = {
+PARAM_FIELDS: dict[Command, tuple[tuple[str, str], ...]] = {
     Command.INITIALISE: (),
     Command.DEINITIALISE: (),
-    Command.FILE_OPEN: (("path", Buffer), ("flags", _U)),
-    Command.FILE_CLOSE: (("fd", _U),),
-    Command.STAT: (("path", Buffer), ("buf", Buffer)),
-    Command.FILE_READ: (("fd", _U), ("offset", _U), ("buf", Buffer)),
-    Command.FILE_WRITE: (("fd", _U), ("offset", _U), ("buf", Buffer)),
-    Command.FILE_SIZE: (("fd", _U),),
-    Command.RENAME: (("old_path", Buffer), ("new_path", Buffer)),
-    Command.FILE_REMOVE: (("path", Buffer),),
-    Command.FILE_TRUNCATE: (("fd", _U), ("length", _U)),
-    Command.DIR_CREATE: (("path", Buffer),),
-    Command.DIR_REMOVE: (("path", Buffer),),
-    Command.DIR_OPEN: (("path", Buffer),),
-    Command.DIR_CLOSE: (("fd", _U),),
-    Command.FILE_SYNC: (("fd", _U),),
-    Command.DIR_READ: (("fd", _U), ("buf", Buffer)),
-    Command.DIR_SEEK: (("fd", _U), ("loc", Int64sl)),
-    Command.DIR_TELL: (("fd", _U),),
-    Command.DIR_REWIND: (("fd", _U),),
+    Command.FILE_OPEN: (("path", BUFFER), ("flags", U64)),
+    Command.FILE_CLOSE: (("fd", U64),),
+    Command.STAT: (("path", BUFFER), ("buf", BUFFER)),
+    Command.FILE_READ: (("fd", U64), ("offset", U64), ("buf", BUFFER)),
+    Command.FILE_WRITE: (("fd", U64), ("offset", U64), ("buf", BUFFER)),
+    Command.FILE_SIZE: (("fd", U64),),
+    Command.RENAME: (("old_path", BUFFER), ("new_path", BUFFER)),
+    Command.FILE_REMOVE: (("path", BUFFER),),
+    Command.FILE_TRUNCATE: (("fd", U64), ("length", U64)),
+    Command.DIR_CREATE: (("path", BUFFER),),
+    Command.DIR_REMOVE: (("path", BUFFER),),
+    Command.DIR_OPEN: (("path", BUFFER),),
+    Command.DIR_CLOSE: (("fd", U64),),
+    Command.FILE_SYNC: (("fd", U64),),
+    Command.DIR_READ: (("fd", U64), ("buf", BUFFER)),
+    Command.DIR_SEEK: (("fd", U64), ("loc", I64)),
+    Command.DIR_TELL: (("fd", U64),),
+    Command.DIR_REWIND: (("fd", U64),),
 }
-
-PARAMS: dict[Command, Struct] = {
-    cmd: Struct(*(name / sub for name, sub in fields)) for cmd, fields in PARAM_FIELDS.items()
-}
-
-CommandMessage = Struct(
-    "id" / Int64ul,
-    "type" / Int64ul,
-    "params" / Bytes(PARAMS_SIZE),
-)
-
-CompletionMessage = Padded(
-    MESSAGE_SIZE,
-    Struct("id" / Int64ul, "status" / Int64ul, "data" / Int64ul),
-)
 
 COMPLETION_DATA_FIELD: dict[Command, str] = {
     Command.FILE_OPEN: "fd",
@@ -145,57 +131,30 @@ COMPLETION_DATA_FIELD: dict[Command, str] = {
     Command.DIR_READ: "path_len",
     Command.DIR_TELL: "location",
 }
-COMPLETION_DATA: dict[Command, Struct] = {
-    cmd: Struct(name / Int64ul) for cmd, name in COMPLETION_DATA_FIELD.items()
-}
 
 STAT_FIELDS = (
     "dev", "ino", "mode", "nlink", "uid", "gid", "rdev", "size", "blksize", "blocks",
     "atime", "mtime", "ctime", "atime_nsec", "mtime_nsec", "ctime_nsec", "used",
 )  # fmt: skip
-StatRecord = Struct(*(name / Int64ul for name in STAT_FIELDS))
-
-QueueHeader = Struct("head" / Int64ul, "tail" / Int64ul, Bytes(48))
-QueueRegion = Struct(
-    "header" / QueueHeader,
-    "slots" / Array(QUEUE_CAPACITY, Bytes(MESSAGE_SIZE)),
-)
-
-ConfigPage = Struct(
-    "command_size" / Int64ul,
-    "completion_size" / Int64ul,
-    "data_size" / Int64ul,
-    "fault_size" / Int64ul,
-)
+CONFIG_FIELDS = ("command_size", "completion_size", "data_size", "fault_size")
 
 # ---------------------------------------------------------------------------------------------
-# Fast decoders for the per-request path, derived from the schemas above.
-
-
-def _flat_format(fields: tuple[tuple[str, Any], ...]) -> str:
-    codes = []
-    for _, sub in fields:
-        if sub is Buffer:
-            codes.append("QQ")
-        elif sub is Int64sl:
-            codes.append("q")
-        else:
-            codes.append("Q")
-    return "".join(codes)
+# Fast decoders for the per-request path, derived from the field lists above.
 
 
 def flat_names(cmd: Command) -> tuple[str, ...]:
     """Field names in the order the fast decoder returns them (buffers split in two)."""
     names: list[str] = []
-    for name, sub in PARAM_FIELDS[cmd]:
-        names.extend([f"{name}.offset", f"{name}.size"] if sub is Buffer else [name])
+    for name, kind in PARAM_FIELDS[cmd]:
+        names.extend([f"{name}.offset", f"{name}.size"] if kind == BUFFER else [name])
     return tuple(names)
 
 
 MESSAGE_HEADER = struct.Struct("<QQ")
 MESSAGE_WORDS = struct.Struct("<8Q")
 FAST_PARAMS: dict[Command, struct.Struct] = {
-    cmd: struct.Struct("<" + _flat_format(fields)) for cmd, fields in PARAM_FIELDS.items()
+    cmd: struct.Struct("<" + "".join(FIELD_FORMAT[kind] for _, kind in fields))
+    for cmd, fields in PARAM_FIELDS.items()
 }
 COMPLETION_FAST = struct.Struct("<QQQ")
 # Where the fast decoders (and the native loop, through vmfs.native) find each message field;
@@ -203,8 +162,70 @@ COMPLETION_FAST = struct.Struct("<QQQ")
 COMMAND_ID_OFFSET, COMMAND_TYPE_OFFSET, COMMAND_PARAMS_OFFSET = 0, 8, 16
 COMPLETION_ID_OFFSET, COMPLETION_STATUS_OFFSET, COMPLETION_DATA_OFFSET = 0, 8, 16
 COMPLETION_CLEAR = bytes(MESSAGE_SIZE - COMPLETION_SIZE)
-STAT_FAST = struct.Struct("<17Q")
-CONFIG_FAST = struct.Struct("<4Q")
+STAT_FAST = struct.Struct(f"<{len(STAT_FIELDS)}Q")
+CONFIG_FAST = struct.Struct(f"<{len(CONFIG_FIELDS)}Q")
+
+# ---------------------------------------------------------------------------------------------
+# The construct schemas, built from the same lists when first asked for (module __getattr__).
+
+SCHEMA_NAMES = frozenset(
+    {
+        "Buffer",
+        "PARAMS",
+        "CommandMessage",
+        "CompletionMessage",
+        "COMPLETION_DATA",
+        "StatRecord",
+        "QueueHeader",
+        "QueueRegion",
+        "ConfigPage",
+    }
+)
+
+
+def _construct_schemas() -> dict[str, Any]:
+    from construct import Array, Bytes, Int64sl, Int64ul, Padded, Struct
+
+    buffer = Struct("offset" / Int64ul, "size" / Int64ul)
+    field_schema = {BUFFER: buffer, U64: Int64ul, I64: Int64sl}
+    queue_header = Struct("head" / Int64ul, "tail" / Int64ul, Bytes(48))
+    return {
+        "Buffer": buffer,
+        "PARAMS": {
+            cmd: Struct(*(name / field_schema[kind] for name, kind in fields))
+            for cmd, fields in PARAM_FIELDS.items()
+        },
+        "CommandMessage": Struct("id" / Int64ul, "type" / Int64ul, "params" / Bytes(PARAMS_SIZE)),
+        "CompletionMessage": Padded(
+            MESSAGE_SIZE, Struct("id" / Int64ul, "status" / Int64ul, "data" / Int64ul)
+        ),
+        "COMPLETION_DATA": {
+            cmd: Struct(name / Int64ul) for cmd, name in COMPLETION_DATA_FIELD.items()
+        },
+        "StatRecord": Struct(*(name / Int64ul for name in STAT_FIELDS)),
+        "QueueHeader": queue_header,
+        "QueueRegion": Struct(
+            "header" / queue_header, "slots" / Array(QUEUE_CAPACITY, Bytes(MESSAGE_SIZE))
+        ),
+        "ConfigPage": Struct(*(name / Int64ul for name in CONFIG_FIELDS)),
+    }
+
+
+_schemas: dict[str, Any] = {}
+
+
+def schemas() -> dict[str, Any]:
+    """The construct schemas by name, built on the first call."""
+    if not _schemas:
+        _schemas.update(_construct_schemas())
+    return _schemas
+
+
+def __getattr__(name: str) -> Any:
+    """`wire.PARAMS`, `from vmfs.wire import StatRecord`, ...: the schemas, built on first use."""
+    if name not in SCHEMA_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return schemas()[name]
 
 
 def to_signed(value: int) -> int:
@@ -257,11 +278,12 @@ def batch_limit(
 
 def build_command(cmd_id: int, cmd_type: int, params: bytes = b"") -> bytes:
     """A whole 64-byte command message (used by clients and tests)."""
-    return CommandMessage.build({"id": cmd_id, "type": cmd_type, "params": params.ljust(48, b"\0")})
+    message = {"id": cmd_id, "type": cmd_type, "params": params.ljust(PARAMS_SIZE, b"\0")}
+    return schemas()["CommandMessage"].build(message)
 
 
 def build_params(cmd: Command, **fields: Any) -> bytes:
-    return PARAMS[cmd].build(fields).ljust(PARAMS_SIZE, b"\0")
+    return schemas()["PARAMS"][cmd].build(fields).ljust(PARAMS_SIZE, b"\0")
 
 
 # ---------------------------------------------------------------------------------------------

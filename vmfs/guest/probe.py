@@ -24,7 +24,7 @@ SOURCE_ROOT = PACKAGE_DIR.parent  # the directory holding the vmfs package
 # vmfs modules that serving never needs: tooling, clients, benchmarks, the guest harness.
 NOT_SERVED = (
     "vmfs.__main__", "vmfs._native_build", "vmfs.bench", "vmfs.benchdirect", "vmfs.benchlist",
-    "vmfs.benchload",
+    "vmfs.benchload", "vmfs.benchstart",
     "vmfs.client", "vmfs.client_transport", "vmfs.demo", "vmfs.diagram", "vmfs.replay",
     "vmfs.guest",
 )  # fmt: skip
