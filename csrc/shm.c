@@ -10,8 +10,6 @@ static void vmfs_store_release(void *addr, uint64_t value) {
     __atomic_store_n((uint64_t *)addr, value, __ATOMIC_RELEASE);
 }
 
-static void vmfs_full_barrier(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
-
 static void vmfs_store_byte(void *addr, uint8_t value) {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     *(volatile uint8_t *)addr = value;

@@ -12,7 +12,7 @@ from vmfs.client import Client, LoopbackServer
 from vmfs.native import Context
 from vmfs.paths import RESOLVE
 from vmfs.shm import Share
-from vmfs.uring import AT_EMPTY_PATH, DISABLE_ENV, new_statx, statx_sync
+from vmfs.uring import AT_EMPTY_PATH, DISABLE_ENV, IORING_OP_STATX, new_statx, perform
 from vmfs.wire import STAT_SIZE, OpenFlags, StatRecord
 
 MODES = {
@@ -122,7 +122,7 @@ def test_stat_record_carries_what_the_kernel_says(tmp_path: Path) -> None:
         for name, target in ((b"f", "f"), (b"d", "d"), (b"link", "f"), (b".", ".")):
             fd = lib.vmfs_openat2(root, name, os.O_PATH | os.O_CLOEXEC, 0, RESOLVE)
             sx = new_statx()
-            assert statx_sync(fd, b"", AT_EMPTY_PATH, sx) == 0
+            assert perform((IORING_OP_STATX, fd, b"", AT_EMPTY_PATH, sx)) == 0
             os.close(fd)
             lib.vmfs_stat_out(context.ctx, 100, sx)
             record = StatRecord.parse(bytes(share.view[100 : 100 + STAT_SIZE]))

@@ -45,8 +45,6 @@ void io_uring_queue_exit(struct io_uring *ring);
 int io_uring_submit(struct io_uring *ring);
 int io_uring_submit_and_wait(struct io_uring *ring, unsigned wait_nr);
 int io_uring_register_eventfd(struct io_uring *ring, int fd);
-unsigned io_uring_sq_space_left(struct io_uring *ring);
-int vmfs_ring_fd(struct io_uring *ring);
 
 int vmfs_opcode_supported(int op);
 
@@ -63,7 +61,6 @@ int vmfs_prep_renameat(struct io_uring *r, int olddfd, const char *oldpath, int 
                        const char *newpath, uint64_t tag);
 int vmfs_prep_unlinkat(struct io_uring *r, int dfd, const char *path, int flags, uint64_t tag);
 int vmfs_prep_mkdirat(struct io_uring *r, int dfd, const char *path, unsigned mode, uint64_t tag);
-int vmfs_prep_nop(struct io_uring *r, uint64_t tag);
 
 int vmfs_reap(struct io_uring *r, uint64_t *tags, int32_t *results, int max);
 int vmfs_wait(struct io_uring *r, unsigned wait_nr);
@@ -74,7 +71,6 @@ int vmfs_statx(int dfd, const char *path, int flags, unsigned mask, struct statx
 
 uint64_t vmfs_load_acquire(void *addr);
 void vmfs_store_release(void *addr, uint64_t value);
-void vmfs_full_barrier(void);
 void vmfs_copy_aligned(void *dst, const void *src, size_t n);
 void vmfs_store_byte(void *addr, uint8_t value);
 

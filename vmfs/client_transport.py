@@ -10,8 +10,8 @@ import stat
 from pathlib import Path
 from typing import Protocol
 
+from vmfs import wire
 from vmfs.uio import (
-    CONFIG_FORMAT,
     RegionSizes,
     drain_fifo,
     map_file,
@@ -78,7 +78,7 @@ class LoopbackClientTransport:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
-        config, _ = map_file(self.directory / "vmfs_config", CONFIG_FORMAT.size)
+        config, _ = map_file(self.directory / "vmfs_config", wire.CONFIG_FAST.size)
         self.sizes = RegionSizes.from_config(config)
         config.close()
         self._maps: list[mmap.mmap] = []

@@ -119,9 +119,6 @@ class Ring:
     def mkdirat(self, dirfd: int, path: Any, mode: int, tag: int) -> bool:
         return self._took(lib.vmfs_prep_mkdirat(self._ring, dirfd, path, mode, tag))
 
-    def nop(self, tag: int) -> bool:
-        return self._took(lib.vmfs_prep_nop(self._ring, tag))
-
     def submit_call(self, call: tuple[Any, ...], tag: int) -> Any:
         """Prep one call tuple (see `perform`); returns what must stay alive, or None if full."""
         op = call[0]
@@ -181,9 +178,6 @@ class Ring:
         tags, results = self._tags, self._results
         return [(tags[i], results[i]) for i in range(n)]
 
-    def space(self) -> int:
-        return lib.io_uring_sq_space_left(self._ring)
-
     def eventfd(self) -> int:
         """An eventfd that becomes readable when completions are posted (registered once)."""
         if self._eventfd is None:
@@ -218,15 +212,6 @@ def new_open_how(flags: int, mode: int, resolve: int) -> Any:
 
 def new_statx() -> Any:
     return ffi.new("struct statx *")
-
-
-def statx_sync(dirfd: int, path: bytes, flags: int, out: Any) -> int:
-    return lib.vmfs_statx(dirfd, path, flags, STATX_BASIC_STATS, out)
-
-
-def buffer_address(buf: Any) -> Any:
-    """A `char *` to a writable Python buffer (mmap, bytearray) for the kernel to fill or read."""
-    return ffi.cast("char *", ffi.from_buffer(buf))
 
 
 def perform(call: tuple[Any, ...]) -> int:

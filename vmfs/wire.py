@@ -193,7 +193,6 @@ def flat_names(cmd: Command) -> tuple[str, ...]:
 
 
 MESSAGE_HEADER = struct.Struct("<QQ")
-MESSAGE_WORDS = struct.Struct("<8Q")
 FAST_PARAMS: dict[Command, struct.Struct] = {
     cmd: struct.Struct("<" + _flat_format(fields)) for cmd, fields in PARAM_FIELDS.items()
 }
@@ -202,14 +201,8 @@ COMPLETION_FAST = struct.Struct("<QQQ")
 # tests/test_wire.py proves they match the schemas above.
 COMMAND_ID_OFFSET, COMMAND_TYPE_OFFSET, COMMAND_PARAMS_OFFSET = 0, 8, 16
 COMPLETION_ID_OFFSET, COMPLETION_STATUS_OFFSET, COMPLETION_DATA_OFFSET = 0, 8, 16
-COMPLETION_CLEAR = bytes(MESSAGE_SIZE - COMPLETION_SIZE)
 STAT_FAST = struct.Struct("<17Q")
 CONFIG_FAST = struct.Struct("<4Q")
-
-
-def to_signed(value: int) -> int:
-    """The i64 reading of a u64 word (DIR_SEEK's `loc`)."""
-    return value - (1 << 64) if value & (1 << 63) else value
 
 
 def slot_offset(index: int) -> int:
