@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from memory_fs import on_memory_filesystem
 from vmfs._native import ffi, lib
 
 from vmfs.client import Client, LoopbackServer
@@ -107,6 +108,13 @@ def _raw_read(client: Client, fd: int, offset: int, size: int) -> object:
 def test_every_mode_answers_like_the_ordinary_path(tmp_path: Path, mode: str) -> None:
     expected = run_session(tmp_path / "reference", MODES["ordinary"])
     assert run_session(tmp_path / mode, MODES[mode]) == expected
+
+
+def test_every_mode_answers_like_the_ordinary_path_on_a_memory_filesystem(mode: str) -> None:
+    """tmpfs takes the lanes a disk never does (writes done at once in the fast lane)."""
+    with on_memory_filesystem("vmfs-native-") as base:
+        expected = run_session(base / "reference", MODES["ordinary"])
+        assert run_session(base / mode, MODES[mode]) == expected
 
 
 def test_stat_record_carries_what_the_kernel_says(tmp_path: Path) -> None:
