@@ -305,7 +305,7 @@ def test_rmdir_outside_is_refused(jail: Jail, template: str, expected: int) -> N
 )
 def test_rename_never_crosses_the_root(jail: Jail, old: str, new: str, expected: int) -> None:
     assert jail.client.rename(_p(jail, old), _p(jail, new)).status == expected
-    assert (jail.root / "sub").is_dir() or new == ".."
+    assert (jail.root / "sub").is_dir()
 
 
 def test_fifo_and_directory_are_not_opened_as_files(jail: Jail) -> None:
