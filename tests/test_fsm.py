@@ -183,7 +183,7 @@ def test_conflicting_requests_never_overlap(batch: list[Any], data: st.DataObjec
 
 
 def test_engine_respects_free_completion_slots() -> None:
-    """Never take a command without a completion slot for it (PROTOCOL.md 2.3)."""
+    """Never take a command without a completion slot for it (docs/protocol.md "Queue layout")."""
     cmdq = QueueView(memoryview(bytearray(QUEUE_REGION_SIZE)))
     cmplq = QueueView(memoryview(bytearray(QUEUE_REGION_SIZE)))
     cmplq.publish_tail(500)  # 500 completions the client has not consumed

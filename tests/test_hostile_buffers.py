@@ -1,9 +1,9 @@
 """Buffers: out of the share, overflowing, empty, and far larger than one 32 KiB unit.
 
-PROTOCOL.md 2.4: a buffer (offset, size) is valid iff size > 0, offset < share and
-size <= share - offset. Invalid ones get INVALID_BUFFER (before the handle is looked at, 4.0
-rule 2); valid ones are served whatever their size, and nothing outside [offset, offset + n)
-is written (n = what the command defines).
+docs/protocol.md "Buffers in the data share": a buffer (offset, size) is valid iff size > 0,
+offset < share and size <= share - offset. Invalid ones get INVALID_BUFFER (before the handle is
+looked at: "Rules every command follows"); valid ones are served whatever their size, and nothing
+outside [offset, offset + n) is written (n = what the command defines).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ A canary tree sits next to the root; the root holds symlinks pointing out of it 
 relative, to files and directories), symlink loops, and paths full of "..". After every attack
 the canary must be byte-identical (contents, modes, sizes, mtimes), none of its names may have
 been listed to the client and none of its bytes may have reached the share. Expected statuses
-follow PROTOCOL.md 4.0 rule 5 and scenario 25: symlinks resolve inside the root, so targets
-outside simply do not exist.
+follow docs/protocol.md "Paths": symlinks resolve inside the root, so targets outside simply do
+not exist.
 """
 
 from __future__ import annotations

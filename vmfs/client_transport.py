@@ -48,7 +48,8 @@ def create_loopback_dir(
     data_size: int = LOOPBACK_DATA_SIZE,
     queue_size: int = LOOPBACK_QUEUE_SIZE,
 ) -> Path:
-    """Create and size the loopback files and FIFOs (the client's job, DESIGN.md)."""
+    """Create and size the loopback files and FIFOs (the client's job: docs/protocol.md
+    "Transports")."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     sizes = RegionSizes(queue_size, queue_size, data_size, LOOPBACK_FAULT_SIZE)

@@ -33,7 +33,7 @@ class TransportError(Exception):
 
 @dataclass(frozen=True)
 class RegionSizes:
-    """Sizes the config page announces (PROTOCOL.md 2.7)."""
+    """Sizes the config page announces (docs/protocol.md "Config page")."""
 
     command: int
     completion: int
@@ -146,7 +146,8 @@ def drain_fifo(fd: int) -> int:
 class LoopbackTransport:
     """Regions are files in a directory the client created and sized; signals are FIFOs.
 
-    The driver maps the existing files and never creates or resizes them (DESIGN.md).
+    The driver maps the existing files and never creates or resizes them (docs/protocol.md
+    "Transports").
     """
 
     direct_io = True
@@ -230,7 +231,7 @@ UIO_COMPATIBLE = b"generic-uio"
 
 @dataclass(frozen=True)
 class UioDevice:
-    """One UIO device carrying a vmfs region (PROTOCOL.md 7.1, discovery)."""
+    """One UIO device carrying a vmfs region (docs/protocol.md "Transports")."""
 
     name: str
     node: str

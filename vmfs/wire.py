@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from construct import Array, Bytes, Int64sl, Int64ul, Padded, Struct
 
-# Queue geometry (PROTOCOL.md 2.1).
+# Queue geometry (docs/protocol.md "Queue layout").
 QUEUE_CAPACITY = 511
 MESSAGE_SIZE = 64
 QUEUE_HEADER_SIZE = 64
@@ -211,7 +211,10 @@ def slot_offset(index: int) -> int:
 
 
 def buffer_ok(offset: int, size: int, share_size: int) -> bool:
-    """Whether a client's buffer lies inside the share (csrc/handles.c states the rule)."""
+    """Whether a client's buffer lies inside the share (csrc/handles.c states the rule).
+
+    The rule is docs/protocol.md "Buffers in the data share".
+    """
     if not (0 <= offset <= U64_MASK and 0 <= size <= U64_MASK and 0 <= share_size <= U64_MASK):
         return False
     from vmfs._native import lib
@@ -229,8 +232,9 @@ def batch_limit(
     `cmpl_head` the client's completion head, `outstanding` taken but not yet written. A queue
     more than 511 ahead, or a tail moved back, is corrupt (treated as empty); a completion queue
     more than 511 ahead is corrupt (treated as full). Never take a command without a completion
-    slot for it, nor past the 2^64 wrap while the other side of it is live. The rule is stated
-    once, in C (csrc/serve.c), because the native serve loop applies it too.
+    slot for it, nor past the 2^64 wrap while the other side of it is live (docs/protocol.md
+    "Queue layout"). The rule is stated once, in C (csrc/serve.c), because the native serve
+    loop applies it too.
     """
     from vmfs._native import ffi, lib
 
