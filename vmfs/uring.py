@@ -81,7 +81,6 @@ class Ring:
         self._tags = ffi.new("uint64_t[]", self._reap_max)
         self._results = ffi.new("int32_t[]", self._reap_max)
         self._eventfd: int | None = None
-        self.pending = 0
         self.supported = probe()
         self._closed = False
 
@@ -151,10 +150,7 @@ class Ring:
         raise ValueError(f"unknown call {op!r}")
 
     def _took(self, ret: int) -> bool:
-        if ret == 0:
-            self.pending += 1
-            return True
-        return False
+        return ret == 0
 
     # -- submit / reap ------------------------------------------------------------------------
 
@@ -174,7 +170,6 @@ class Ring:
     def reap(self) -> list[tuple[int, int]]:
         """Every completion available now, as (tag, result) pairs, marked seen."""
         n = lib.vmfs_reap(self._ring, self._tags, self._results, self._reap_max)
-        self.pending -= n
         tags, results = self._tags, self._results
         return [(tags[i], results[i]) for i in range(n)]
 
