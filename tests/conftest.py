@@ -96,9 +96,11 @@ def local(request, tmp_path) -> Iterator[tuple[Client, Path]]:
     options.fast_path = not PYTHON_ENGINE
     driver = Driver(transport, options)
     client = Client(PumpedTransport(LoopbackClientTransport(loop), driver), timeout=5)
-    assert client.initialise().ok
-    yield client, root
-    assert client.pending_completions() == {}, "a command was answered more than once"
-    driver.close()
-    transport.close()
-    client.close_transport()
+    try:  # closed even when a check fails: a driver left open crashes the interpreter later
+        assert client.initialise().ok
+        yield client, root
+        assert client.pending_completions() == {}, "a command was answered more than once"
+    finally:
+        driver.close()
+        transport.close()
+        client.close_transport()
