@@ -77,7 +77,8 @@ static long vmfs_pwrite_full(int fd, const char *buf, size_t n, uint64_t pos) {
     return (long)done;
 }
 
-/* The same through a private buffer, for a share in device memory (PROTOCOL 2.7). */
+/* The same through a private buffer, for a share in device memory
+   (docs/protocol.md "Transports"). */
 static long vmfs_pread_bounce(int fd, char *bounce, char *share, size_t n, uint64_t pos,
                               int flags) {
     long r = vmfs_pread_full(fd, bounce, n, pos, flags);

@@ -1,7 +1,8 @@
 /* Mounting the block device: mount(2), umount2(2), loop devices for images and partitions (part
   of vmfs._native; see vmfs/_native_build.py). */
 
-/* mount(2) and umount2(2) without a shell: the driver mounts on INITIALISE (PROTOCOL 4). */
+/* mount(2) and umount2(2) without a shell: the driver mounts on INITIALISE
+   (docs/protocol.md "The commands"). */
 static int vmfs_mount(const char *source, const char *target, const char *fstype,
                       unsigned long flags, const char *data) {
     return mount(source, target, fstype, flags, data) < 0 ? -errno : 0;

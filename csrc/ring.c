@@ -8,8 +8,6 @@ static int vmfs_ring_init(struct io_uring *ring, unsigned entries, unsigned flag
     return io_uring_queue_init_params(entries, ring, &p);
 }
 
-static int vmfs_ring_fd(struct io_uring *ring) { return ring->ring_fd; }
-
 static int vmfs_opcode_supported(int op) {
     struct io_uring_probe *probe = io_uring_get_probe();
     int ok;
@@ -94,13 +92,6 @@ static int vmfs_prep_mkdirat(struct io_uring *r, int dfd, const char *path, unsi
                              uint64_t tag) {
     VMFS_SQE(r);
     io_uring_prep_mkdirat(sqe, dfd, path, mode);
-    io_uring_sqe_set_data64(sqe, tag);
-    return 0;
-}
-
-static int vmfs_prep_nop(struct io_uring *r, uint64_t tag) {
-    VMFS_SQE(r);
-    io_uring_prep_nop(sqe);
     io_uring_sqe_set_data64(sqe, tag);
     return 0;
 }

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from vmfs.client import Client, LoopbackServer
+from vmfs.shm import SharedIndexWords
+from vmfs.wire import TAIL_OFFSET
 
 # `VMFS_TEST_ENGINE=python` runs every driver the tests start with --no-fast-path: the Python
 # engine alone, without the native loop. scripts/test runs the hostile battery, the traces and
@@ -54,14 +56,26 @@ class PumpedTransport:
         self.inner = inner
         self.driver = driver
         self.command, self.completion, self.data = inner.command, inner.completion, inner.data
+        self.completion_words = SharedIndexWords(inner.completion)
 
     def signal(self) -> None:
         self.inner.signal()
 
     def wait(self, timeout: float | None) -> bool:
-        self.driver.engine.pump()
-        self.driver.engine.flush()
-        return bool(self.driver.engine.pump() or True)
+        """Serve what is queued; True only if the driver rang the client's doorbell.
+
+        A real client sleeps until the doorbell: completions published without it would leave
+        that client waiting, so that fails here.
+        """
+        published = self.completion_words.load(TAIL_OFFSET)
+        engine = self.driver.engine
+        engine.pump()
+        engine.flush()
+        engine.pump()
+        rang = self.inner.wait(0)
+        if self.completion_words.load(TAIL_OFFSET) != published:
+            assert rang, "completions were published without ringing the client's doorbell"
+        return rang
 
     def close(self) -> None:
         self.inner.close()
@@ -82,9 +96,11 @@ def local(request, tmp_path) -> Iterator[tuple[Client, Path]]:
     options.fast_path = not PYTHON_ENGINE
     driver = Driver(transport, options)
     client = Client(PumpedTransport(LoopbackClientTransport(loop), driver), timeout=5)
-    assert client.initialise().ok
-    yield client, root
-    assert client.pending_completions() == {}, "a command was answered more than once"
-    driver.close()
-    transport.close()
-    client.close_transport()
+    try:  # closed even when a check fails: a driver left open crashes the interpreter later
+        assert client.initialise().ok
+        yield client, root
+        assert client.pending_completions() == {}, "a command was answered more than once"
+    finally:
+        driver.close()
+        transport.close()
+        client.close_transport()

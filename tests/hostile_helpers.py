@@ -1,7 +1,7 @@
 """Shared tools of the hostile-client tests: raw messages, exact completion accounting, process
 measurements, and a canary tree that must never be touched.
 
-Expected values here come from the protocol text (PROTOCOL.md), never from vmfs itself.
+Expected values here come from the protocol text (docs/protocol.md), never from vmfs itself.
 """
 
 from __future__ import annotations
@@ -114,7 +114,11 @@ def assert_no_extra_completions(client: Client) -> None:
 
 
 def check_completion_shape(done: Completion, cmd_type: int) -> None:
-    """Rules every completion obeys (PROTOCOL.md 3.2, 4.0 rule 4)."""
+    """Rules every completion obeys.
+
+    docs/protocol.md "Completion message", "Statuses", and "Rules every command follows" (data
+    is 0 unless the status is SUCCESS).
+    """
     assert 0 <= done.status < NUM_STATUSES, done
     if done.status != 0:
         assert done.data == 0, f"data must be 0 on failure: {done}"

@@ -96,12 +96,10 @@ class FakeRing:
         self.log = log
         self.choose = choose
         self.waiting: list[int] = []
-        self.pending = 0
 
     def submit_call(self, call: tuple[Any, ...], tag: int) -> Any:
         self.log.append(("start", call[1]))
         self.waiting.append(call[1])
-        self.pending += 1
         return True
 
     def submit(self) -> int:
@@ -120,7 +118,6 @@ class FakeRing:
         for index in done:
             self.waiting.remove(index)
             self.log.append(("end", index))
-        self.pending -= len(done)
         return [(index % 511, 0) for index in done]
 
 
@@ -183,7 +180,7 @@ def test_conflicting_requests_never_overlap(batch: list[Any], data: st.DataObjec
 
 
 def test_engine_respects_free_completion_slots() -> None:
-    """Never take a command without a completion slot for it (PROTOCOL.md 2.3)."""
+    """Never take a command without a completion slot for it (docs/protocol.md "Queue layout")."""
     cmdq = QueueView(memoryview(bytearray(QUEUE_REGION_SIZE)))
     cmplq = QueueView(memoryview(bytearray(QUEUE_REGION_SIZE)))
     cmplq.publish_tail(500)  # 500 completions the client has not consumed

@@ -1,6 +1,7 @@
 """Exactly one completion per command, carrying its id, whatever the 64 bytes in the slot hold.
 
-The expected statuses come from PROTOCOL.md (4.0 rules 1, 2, 4, 5; "Invalid command type");
+The expected statuses come from docs/protocol.md ("Rules every command follows", and "The
+commands" for a type of 20 or more);
 the stateful test keeps its own model of the files it made and checks every valid command's
 result against it while garbage is mixed into the same queue.
 """

@@ -1,9 +1,9 @@
 """Handles: forged, stale, wrong-type, double-closed, or past the table's limit.
 
-PROTOCOL.md 4.0 rule 6 and scenario 21: every bad handle gets INVALID_FD with no side effect, a
-full table gets TOO_MANY_OPEN_FILES, handles stay below 2^31 and a closed value is not handed
-out again while a client could still hold it. The driver's own descriptors (0, 1, 2, the
-queues, io_uring) are never reachable through a handle (PROTOCOL.md D10).
+docs/protocol.md "Handles": every bad handle gets INVALID_FD with no side effect, a full table
+gets TOO_MANY_OPEN_FILES, handles stay below 2^31 and a closed value is not handed out again
+while a client could still hold it. A handle is never a Linux descriptor, so the driver's own
+descriptors (0, 1, 2, the queues, io_uring) are never reachable through one.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def test_forged_handles_are_invalid_fd(
 
 
 def test_driver_descriptors_are_not_handles(client: Client, server: LoopbackServer) -> None:
-    """Writing to "handle" 1 or 2 must not reach the driver's stdout/stderr (C driver: D10)."""
+    """Writing to "handle" 1 or 2 must not reach the driver's stdout/stderr (the C driver's did)."""
     marker = b"SHOULD-NEVER-BE-PRINTED-BY-THE-DRIVER"
     for handle in range(0, 64):
         assert client.write(handle, 0, marker).status == INVALID_FD

@@ -1,8 +1,9 @@
 """Queue indices the client corrupts, and a completion queue the client stops draining.
 
-PROTOCOL.md 2.3: a command queue whose length exceeds 511 is treated as empty, a completion
-queue whose length exceeds 511 as full; the driver logs, does not crash, spin or overrun, never
-takes a command without a free completion slot, and resumes when the indices are sane again.
+docs/protocol.md "Queue layout": a command queue whose length exceeds 511 is treated as empty,
+a completion queue whose length exceeds 511 as full; the driver logs, does not crash, spin or
+overrun, never takes a command without a free completion slot, and resumes when the indices are
+sane again.
 The driver's CPU time (from /proc) shows whether it sleeps while it cannot make progress.
 """
 

@@ -2,9 +2,9 @@
 
 After a restart on the same loopback directory the driver serves what is still queued, answers
 every command exactly once over both lives, never runs a command twice, and answers an
-interrupted command ERROR instead of running it again (PROTOCOL.md D13). Re-running would be
-visible: DIR_CREATE run twice answers ALREADY_EXISTS, a RENAME chain run twice answers NO_FILE,
-and an interrupted poison command would kill the restarted driver again.
+interrupted command ERROR instead of running it again (docs/protocol.md "Restarts"). Re-running
+would be visible: DIR_CREATE run twice answers ALREADY_EXISTS, a RENAME chain run twice answers
+NO_FILE, and an interrupted poison command would kill the restarted driver again.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def test_poison_command_is_answered_error_and_skipped(poisoned: LoopbackServer) 
     assert [done[i].status for i in ids] == [SUCCESS, SUCCESS, ERROR, SUCCESS]
     assert done[POISON].data == 0
     assert sorted(os.listdir(poisoned.root)) == ["a", "b", "d"]
-    # It keeps serving (and is still initialised: rule 7), and nothing was answered twice.
+    # It keeps serving (still initialised: docs/protocol.md "Restarts"), nothing answered twice.
     assert client.mkdir("/e").ok
     assert_no_extra_completions(client)
     assert poisoned.process is not None and poisoned.process.poll() is None

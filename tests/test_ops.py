@@ -1,4 +1,5 @@
-"""Every command against a temporary root, success and error statuses (PROTOCOL.md section 8).
+"""Every command against a temporary root, success and error statuses (docs/protocol.md "The
+commands").
 
 Runs in-process against both executors: io_uring and synchronous calls.
 """
@@ -363,7 +364,10 @@ def test_large_transfer(local: tuple[Client, Path]) -> None:
 
 
 def test_pipelined_batch_is_ordered(local: tuple[Client, Path]) -> None:
-    """One batch, one signal: results as if run one at a time in queue order (scenario 28)."""
+    """One batch, one signal: results as if run one at a time in queue order.
+
+    docs/protocol.md "Rules every command follows" (queue order).
+    """
     client, _ = local
     h = client.open("/pipe", RW_CREATE).data
     data = client.put(b"A" * 4096)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ from batch_helpers import (
 )
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from memory_fs import memory_directory
 
 from vmfs.client import Client, LoopbackServer
 from vmfs.wire import QUEUE_CAPACITY, STAT_FAST, STAT_FIELDS, Command, OpenFlags, Status
@@ -58,7 +60,7 @@ FILES = ("a", "b", "d/c")  # the files a tree may start with; "d" is always a di
 NAMES = ("a", "b", "d/c", "d", "e", "d/f")  # what commands name (some never exist at first)
 NO_HANDLE = 0x7FFF_FFFF  # a handle value no open returns: stands for a file the tree lacks
 TIMELESS = tuple(f for f in STAT_FIELDS if f not in ("dev", "ino") and "time" not in f)
-FILESYSTEMS = {"disk": None, "memory": Path("/dev/shm")}
+FILESYSTEMS = ("disk", "memory")
 
 
 @dataclass
@@ -78,13 +80,14 @@ def servers(tmp_path_factory) -> Iterator[dict[tuple[str, str], tuple[Client, Pa
     started: dict[tuple[str, str], tuple[Client, Path]] = {}
     stack = []
     try:
-        for (mode, args), (fs, base) in itertools.product(MODES.items(), FILESYSTEMS.items()):
-            if base is not None and not base.is_dir():
-                continue
+        for (mode, args), fs in itertools.product(MODES.items(), FILESYSTEMS):
             where = tmp_path_factory.mktemp(f"differential-{mode}-{fs}")
-            root = (Path(base) / where.name) if base is not None else where / "root"
+            own_root = None
+            if fs == "memory":  # a unique name: other test runs may share the memory filesystem
+                own_root = Path(tempfile.mkdtemp(prefix=where.name, dir=memory_directory()))
+            root = own_root or where / "root"
             srv = LoopbackServer(root=root, directory=where / "loop", extra_args=args)
-            stack.append((srv, root if base is not None else None))
+            stack.append((srv, own_root))
             assert srv.client.initialise().ok
             started[(mode, fs)] = (srv.client, root)
         yield started

@@ -1,4 +1,4 @@
-"""Layouts: every schema round-trips, sizes match PROTOCOL.md, the fast path equals the schemas."""
+"""Layouts: every schema round-trips, sizes match the protocol, the fast path equals the schemas."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from vmfs.wire import Command, Status
 u64 = st.integers(0, 2**64 - 1)
 i64 = st.integers(-(2**63), 2**63 - 1)
 
-# Sizes and offsets as PROTOCOL.md 3.x states them, written out independently of wire.py.
+# Sizes and offsets as the protocol states them (docs/protocol.md "Messages"), written out
+# independently of wire.py.
 PARAM_LAYOUT = {
     Command.INITIALISE: "",
     Command.DEINITIALISE: "",
@@ -126,7 +127,9 @@ def test_completion_data_structs(cmd: Command) -> None:
 
 @given(head=st.integers(0, 2**64 - 1024), pushes=st.integers(0, 600))
 def test_queue_view_push_pop_with_free_running_indices(head: int, pushes: int) -> None:
-    """Indices are free-running u64; slot = index mod 511 on the full value (PROTOCOL.md 2.1).
+    """Indices are free-running u64; slot = index mod 511 on the full value.
+
+    docs/protocol.md "Queue layout".
 
     2^64 is not a multiple of 511, so a window straddling the u64 wrap would map two live
     indices to one slot; the protocol defines it so, and no queue lives that long.

@@ -28,25 +28,18 @@ struct statx {
 
 #define IORING_SETUP_SINGLE_ISSUER ...
 #define IORING_SETUP_COOP_TASKRUN ...
-#define IORING_SETUP_DEFER_TASKRUN ...
-#define IORING_OP_LAST ...
 #define RESOLVE_IN_ROOT ...
 #define RESOLVE_NO_MAGICLINKS ...
-#define RESOLVE_BENEATH ...
 #define AT_EMPTY_PATH ...
 #define AT_REMOVEDIR ...
 #define AT_FDCWD ...
 #define STATX_BASIC_STATS ...
 #define RESOLVE_CACHED ...
-#define RWF_NOWAIT ...
 
 int vmfs_ring_init(struct io_uring *ring, unsigned entries, unsigned flags);
 void io_uring_queue_exit(struct io_uring *ring);
 int io_uring_submit(struct io_uring *ring);
-int io_uring_submit_and_wait(struct io_uring *ring, unsigned wait_nr);
 int io_uring_register_eventfd(struct io_uring *ring, int fd);
-unsigned io_uring_sq_space_left(struct io_uring *ring);
-int vmfs_ring_fd(struct io_uring *ring);
 
 int vmfs_opcode_supported(int op);
 
@@ -63,7 +56,6 @@ int vmfs_prep_renameat(struct io_uring *r, int olddfd, const char *oldpath, int 
                        const char *newpath, uint64_t tag);
 int vmfs_prep_unlinkat(struct io_uring *r, int dfd, const char *path, int flags, uint64_t tag);
 int vmfs_prep_mkdirat(struct io_uring *r, int dfd, const char *path, unsigned mode, uint64_t tag);
-int vmfs_prep_nop(struct io_uring *r, uint64_t tag);
 
 int vmfs_reap(struct io_uring *r, uint64_t *tags, int32_t *results, int max);
 int vmfs_wait(struct io_uring *r, unsigned wait_nr);
@@ -74,16 +66,13 @@ int vmfs_statx(int dfd, const char *path, int flags, unsigned mask, struct statx
 
 uint64_t vmfs_load_acquire(void *addr);
 void vmfs_store_release(void *addr, uint64_t value);
-void vmfs_full_barrier(void);
 void vmfs_copy_aligned(void *dst, const void *src, size_t n);
 void vmfs_store_byte(void *addr, uint8_t value);
 
-#define MS_RDONLY ...
 #define MS_NOSUID ...
 #define MS_NODEV ...
 #define MS_NOEXEC ...
 #define MS_SYNCHRONOUS ...
-#define MNT_DETACH ...
 int vmfs_mount(const char *source, const char *target, const char *fstype, unsigned long flags,
                const char *data);
 int vmfs_umount2(const char *target, int flags);
@@ -92,13 +81,9 @@ int vmfs_loop_attach(const char *path, uint64_t offset, uint64_t sizelimit, int 
 long vmfs_fs_magic(int fd);
 long vmfs_pread_full(int fd, char *buf, size_t n, uint64_t pos, int flags);
 long vmfs_pwrite_full(int fd, const char *buf, size_t n, uint64_t pos);
-long vmfs_pread_bounce(int fd, char *bounce, char *share, size_t n, uint64_t pos, int flags);
-long vmfs_pwrite_bounce(int fd, char *bounce, const char *share, size_t n, uint64_t pos);
 
 struct vmfs_dir { int fd; int at_end; uint64_t index; uint64_t stride; uint32_t marks; ...; };
-int vmfs_dir_init(struct vmfs_dir *d, int fd);
 int vmfs_dir_restart(struct vmfs_dir *d);
-long vmfs_dir_fill(struct vmfs_dir *d);
 long vmfs_dir_read(struct vmfs_dir *d, char *out, int device);
 int vmfs_dir_seek(struct vmfs_dir *d, uint64_t target);
 struct vmfs_facts {
@@ -197,9 +182,7 @@ struct vmfs_ctx {
     uint32_t transitions_len, transitions_cap;
 };
 
-#define VMFS_PUNT ...
 #define VMFS_ANSWERED ...
-#define VMFS_WOULD_BLOCK ...
 #define VMFS_KIND_FILE ...
 #define VMFS_KIND_DIR ...
 #define VMFS_NATIVE_READ ...
@@ -221,7 +204,6 @@ struct vmfs_ctx {
 #define VMFS_LOOP_WOKEN ...
 #define VMFS_LOOP_IDLE ...
 #define VMFS_LOOP_REFUSED ...
-#define VMFS_LOOP_QUEUE ...
 #define VMFS_LOOP_ILLEGAL ...
 int vmfs_buffer_ok(uint64_t offset, uint64_t size, uint64_t share_size);
 int64_t vmfs_batch_limit(uint64_t capacity, uint64_t head, uint64_t next_take, uint64_t tail,
@@ -241,8 +223,6 @@ uint32_t vmfs_close_handle(struct vmfs_ctx *c, uint64_t handle, int kind);
 void vmfs_release_slot(struct vmfs_ctx *c, int slot);
 int64_t vmfs_dir_open_handle(struct vmfs_ctx *c, int fd);
 void vmfs_stat_out(const struct vmfs_ctx *c, uint64_t offset, const struct statx *sx);
-int vmfs_native_command(struct vmfs_ctx *c, uint64_t index, uint64_t id, uint64_t cmd,
-                        const uint64_t *p, uint32_t *status, uint64_t *data);
 int vmfs_serve(struct vmfs_ctx *c);
 int vmfs_native_slot(struct vmfs_ctx *c, uint64_t index, uint32_t *status, uint64_t *data);
 """
@@ -286,9 +266,6 @@ PRELUDE = r"""
 #endif
 #ifndef IORING_SETUP_COOP_TASKRUN
 #define IORING_SETUP_COOP_TASKRUN (1U << 8)
-#endif
-#ifndef IORING_SETUP_DEFER_TASKRUN
-#define IORING_SETUP_DEFER_TASKRUN (1U << 13)
 #endif
 #ifndef RESOLVE_CACHED
 #define RESOLVE_CACHED 0x20

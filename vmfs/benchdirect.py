@@ -29,7 +29,6 @@ from vmfs.benchload import (
 from vmfs.uring import STATX_BASIC_STATS, Ring, new_open_how, new_statx
 
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-O_READ = os.O_RDONLY | os.O_CLOEXEC
 AT_FDCWD = -100
 
 

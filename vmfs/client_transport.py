@@ -10,8 +10,8 @@ import stat
 from pathlib import Path
 from typing import Protocol
 
+from vmfs import wire
 from vmfs.uio import (
-    CONFIG_FORMAT,
     RegionSizes,
     drain_fifo,
     map_file,
@@ -48,7 +48,8 @@ def create_loopback_dir(
     data_size: int = LOOPBACK_DATA_SIZE,
     queue_size: int = LOOPBACK_QUEUE_SIZE,
 ) -> Path:
-    """Create and size the loopback files and FIFOs (the client's job, DESIGN.md)."""
+    """Create and size the loopback files and FIFOs (the client's job: docs/protocol.md
+    "Transports")."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     sizes = RegionSizes(queue_size, queue_size, data_size, LOOPBACK_FAULT_SIZE)
@@ -78,7 +79,7 @@ class LoopbackClientTransport:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
-        config, _ = map_file(self.directory / "vmfs_config", CONFIG_FORMAT.size)
+        config, _ = map_file(self.directory / "vmfs_config", wire.CONFIG_FAST.size)
         self.sizes = RegionSizes.from_config(config)
         config.close()
         self._maps: list[mmap.mmap] = []

@@ -171,7 +171,7 @@ class Driver:
         return hashlib.blake2b(b"\0".join(parts), digest_size=16).digest()
 
     def _restore_mount_state(self) -> None:
-        """A restarted driver keeps the client's INITIALISE (PROTOCOL.md 4.0 rule 7).
+        """A restarted driver keeps the client's INITIALISE (docs/protocol.md "Restarts").
 
         After a crash the device is still mounted; after a clean stop (which unmounts) it is
         mounted again here.

@@ -4,7 +4,7 @@ A small memory-mapped file (kept on tmpfs or beside the loopback files) with one
 command-queue slot. A restarted driver reads it to answer an interrupted command with ERROR
 instead of running it again (a poison command cannot crash-loop the driver), to re-publish a
 completion that was written but not published, and to skip commands already answered. The
-header also persists the "initialised" flag of directory mode (PROTOCOL.md 4.0 rule 7).
+header also persists the "initialised" flag of directory mode (docs/protocol.md "Restarts").
 """
 
 from __future__ import annotations

@@ -39,13 +39,10 @@ class MountError(Exception):
 
 @dataclass(frozen=True)
 class MountEntry:
-    """One line of /proc/self/mountinfo."""
+    """What the driver reads of one line of /proc/self/mountinfo."""
 
     device: str
-    mount_point: str
-    fstype: str
     source: str
-    super_options: str
 
 
 def _unescape(field: str) -> str:
@@ -62,7 +59,7 @@ def mount_entry(mount_point: str, mountinfo: str = "/proc/self/mountinfo") -> Mo
             if len(fields) < 10 or _unescape(fields[4]) != want:
                 continue
             rest = fields[fields.index("-") + 1 :]
-            found = MountEntry(fields[2], want, rest[0], _unescape(rest[1]), rest[2])
+            found = MountEntry(fields[2], _unescape(rest[1]))
     return found
 
 

@@ -23,7 +23,7 @@ ROOT = b"."
 
 
 class PathRefused(Exception):
-    """The path bytes are unusable (PROTOCOL.md 4.0 rule 5); carries the status to report."""
+    """The path bytes are unusable (docs/protocol.md "Paths"); carries the status to report."""
 
     def __init__(self, status: Status = Status.INVALID_PATH) -> None:
         super().__init__(status.name)
@@ -33,10 +33,10 @@ class PathRefused(Exception):
 def from_buffer(share: Share, offset: int, size: int) -> bytes:
     """The root-relative path (for openat2; b"." for the root) in a client's path buffer.
 
-    The one check of a path buffer for every command that takes a path (csrc/handles.c,
-    vmfs_share_path, which the native loop uses too): a buffer that is invalid or longer than
-    MAX_PATH_LENGTH bytes is refused whatever it holds, a NUL ends the path early, "." and
-    empty components are dropped, an empty path or an over-long name is refused.
+    The one check of a path buffer (docs/protocol.md "Paths") for every command that takes a path
+    (csrc/handles.c, vmfs_share_path, which the native loop uses too): a buffer that is invalid
+    or longer than MAX_PATH_LENGTH bytes is refused whatever it holds, a NUL ends the path early,
+    "." and empty components are dropped, an empty path or an over-long name is refused.
     """
     if share.native is None:
         raise RuntimeError("the share is not attached to a native context")
@@ -99,7 +99,9 @@ _BASE = {
 
 
 def status_of(err: int, names_created: bool = False) -> Status:
-    """PROTOCOL.md 5.1 for the failing operation's own errno (positive).
+    """The status for the failing operation's own errno (positive).
+
+    The table is docs/protocol.md "From a Linux error to a status".
 
     `names_created`: the command creates or renames a name, where EINVAL means the filesystem
     rejected the name (INVALID_NAME); elsewhere EINVAL is ERROR.

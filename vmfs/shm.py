@@ -2,7 +2,8 @@
 
 On real UIO the regions are device memory (uncached, Device-nGnRnE on arm64): unaligned or
 multi-register accesses can fault, so every copy uses naturally aligned accesses, and index
-words are single aligned 64-bit atomics with acquire/release ordering (PROTOCOL.md 2.2, 2.7).
+words are single aligned 64-bit atomics with acquire/release ordering (docs/protocol.md "Queue
+layout" and "Transports").
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from vmfs._native import ffi, lib
 
 
 class SharedIndexWords:
-    """Index words in shared memory: single aligned 64-bit atomic accesses (PROTOCOL.md 2.2)."""
+    """Index words in shared memory: single aligned 64-bit atomic accesses.
+
+    docs/protocol.md "Queue layout" says how each side orders its loads and stores.
+    """
 
     def __init__(self, region: memoryview) -> None:
         self._base = ffi.cast("char *", ffi.from_buffer(region))
@@ -47,7 +51,8 @@ class Share:
     """The data region as the operations use it: copy in once, copy out, or lend to the kernel.
 
     On ordinary memory (`direct=True`) transfers may go straight between the kernel and the
-    share; on device memory every byte is bounced with aligned copies (PROTOCOL.md 2.7).
+    share; on device memory every byte is bounced with aligned copies (docs/protocol.md
+    "Transports").
     """
 
     def __init__(self, view: memoryview, direct: bool) -> None:

@@ -182,10 +182,6 @@ class Session:
         if batch:
             yield batch
 
-    def unanswered(self) -> int:
-        """Commands the trace holds no completion for."""
-        return sum(1 for c in self.commands if c["i"] not in self.completions)
-
 
 def read_trace(path: str | os.PathLike[str]) -> list[Session]:
     """Every session in a trace, checked whole: a cut or malformed trace raises TraceError."""

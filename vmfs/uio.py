@@ -19,16 +19,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vmfs import wire
-from vmfs.shm import Share as Share  # re-exported: the transport's view of the data region
-from vmfs.shm import SharedIndexWords as SharedIndexWords
-from vmfs.shm import copy_from_device as copy_from_device
-from vmfs.shm import copy_to_device as copy_to_device
+from vmfs.shm import copy_from_device
 
 log = logging.getLogger("vmfs.uio")
 
 CONFIG_SIZE = 4096
 REGION_NAMES = ("vmfs_config", "vmfs_command", "vmfs_completion", "vmfs_data", "vmfs_fault")
-CONFIG_FORMAT = wire.CONFIG_FAST
 
 
 class TransportError(Exception):
@@ -37,7 +33,7 @@ class TransportError(Exception):
 
 @dataclass(frozen=True)
 class RegionSizes:
-    """Sizes the config page announces (PROTOCOL.md 2.7)."""
+    """Sizes the config page announces (docs/protocol.md "Config page")."""
 
     command: int
     completion: int
@@ -46,10 +42,10 @@ class RegionSizes:
 
     @classmethod
     def from_config(cls, page: bytes | memoryview) -> RegionSizes:
-        return cls(*CONFIG_FORMAT.unpack_from(page, 0))
+        return cls(*wire.CONFIG_FAST.unpack_from(page, 0))
 
     def to_config(self) -> bytes:
-        return CONFIG_FORMAT.pack(self.command, self.completion, self.data, self.fault).ljust(
+        return wire.CONFIG_FAST.pack(self.command, self.completion, self.data, self.fault).ljust(
             CONFIG_SIZE, b"\0"
         )
 
@@ -150,7 +146,8 @@ def drain_fifo(fd: int) -> int:
 class LoopbackTransport:
     """Regions are files in a directory the client created and sized; signals are FIFOs.
 
-    The driver maps the existing files and never creates or resizes them (DESIGN.md).
+    The driver maps the existing files and never creates or resizes them (docs/protocol.md
+    "Transports").
     """
 
     direct_io = True
@@ -160,7 +157,7 @@ class LoopbackTransport:
         self._maps: list[mmap.mmap] = []
         self._lock = lock_config(self.directory / "vmfs_config")
         try:
-            config, _ = map_file(self.directory / "vmfs_config", CONFIG_FORMAT.size)
+            config, _ = map_file(self.directory / "vmfs_config", wire.CONFIG_FAST.size)
             self.sizes = RegionSizes.from_config(config)
             config.close()
             self.sizes.check()
@@ -234,7 +231,7 @@ UIO_COMPATIBLE = b"generic-uio"
 
 @dataclass(frozen=True)
 class UioDevice:
-    """One UIO device carrying a vmfs region (PROTOCOL.md 7.1, discovery)."""
+    """One UIO device carrying a vmfs region (docs/protocol.md "Transports")."""
 
     name: str
     node: str
@@ -305,7 +302,7 @@ class UioTransport:
         self._irq = -1
         try:
             config = self._map(devices["vmfs_config"], CONFIG_SIZE)
-            self.sizes = RegionSizes.from_config(copy_from_device(config, CONFIG_FORMAT.size))
+            self.sizes = RegionSizes.from_config(copy_from_device(config, wire.CONFIG_FAST.size))
             config.release()
             self.sizes.check()
             self.command = self._map(devices["vmfs_command"], self.sizes.command)

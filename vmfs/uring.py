@@ -81,7 +81,6 @@ class Ring:
         self._tags = ffi.new("uint64_t[]", self._reap_max)
         self._results = ffi.new("int32_t[]", self._reap_max)
         self._eventfd: int | None = None
-        self.pending = 0
         self.supported = probe()
         self._closed = False
 
@@ -119,9 +118,6 @@ class Ring:
     def mkdirat(self, dirfd: int, path: Any, mode: int, tag: int) -> bool:
         return self._took(lib.vmfs_prep_mkdirat(self._ring, dirfd, path, mode, tag))
 
-    def nop(self, tag: int) -> bool:
-        return self._took(lib.vmfs_prep_nop(self._ring, tag))
-
     def submit_call(self, call: tuple[Any, ...], tag: int) -> Any:
         """Prep one call tuple (see `perform`); returns what must stay alive, or None if full."""
         op = call[0]
@@ -154,10 +150,7 @@ class Ring:
         raise ValueError(f"unknown call {op!r}")
 
     def _took(self, ret: int) -> bool:
-        if ret == 0:
-            self.pending += 1
-            return True
-        return False
+        return ret == 0
 
     # -- submit / reap ------------------------------------------------------------------------
 
@@ -177,12 +170,8 @@ class Ring:
     def reap(self) -> list[tuple[int, int]]:
         """Every completion available now, as (tag, result) pairs, marked seen."""
         n = lib.vmfs_reap(self._ring, self._tags, self._results, self._reap_max)
-        self.pending -= n
         tags, results = self._tags, self._results
         return [(tags[i], results[i]) for i in range(n)]
-
-    def space(self) -> int:
-        return lib.io_uring_sq_space_left(self._ring)
 
     @property
     def native_ring(self) -> Any:
@@ -224,15 +213,6 @@ def new_open_how(flags: int, mode: int, resolve: int) -> Any:
 
 def new_statx() -> Any:
     return ffi.new("struct statx *")
-
-
-def statx_sync(dirfd: int, path: bytes, flags: int, out: Any) -> int:
-    return lib.vmfs_statx(dirfd, path, flags, STATX_BASIC_STATS, out)
-
-
-def buffer_address(buf: Any) -> Any:
-    """A `char *` to a writable Python buffer (mmap, bytearray) for the kernel to fill or read."""
-    return ffi.cast("char *", ffi.from_buffer(buf))
 
 
 def perform(call: tuple[Any, ...]) -> int:

@@ -13,7 +13,7 @@ import enum
 import struct
 from typing import Any, Protocol
 
-# Queue geometry (PROTOCOL.md 2.1).
+# Queue geometry (docs/protocol.md "Queue layout").
 QUEUE_CAPACITY = 511
 MESSAGE_SIZE = 64
 QUEUE_HEADER_SIZE = 64
@@ -151,7 +151,6 @@ def flat_names(cmd: Command) -> tuple[str, ...]:
 
 
 MESSAGE_HEADER = struct.Struct("<QQ")
-MESSAGE_WORDS = struct.Struct("<8Q")
 FAST_PARAMS: dict[Command, struct.Struct] = {
     cmd: struct.Struct("<" + "".join(FIELD_FORMAT[kind] for _, kind in fields))
     for cmd, fields in PARAM_FIELDS.items()
@@ -161,7 +160,6 @@ COMPLETION_FAST = struct.Struct("<QQQ")
 # tests/test_wire.py proves they match the schemas above.
 COMMAND_ID_OFFSET, COMMAND_TYPE_OFFSET, COMMAND_PARAMS_OFFSET = 0, 8, 16
 COMPLETION_ID_OFFSET, COMPLETION_STATUS_OFFSET, COMPLETION_DATA_OFFSET = 0, 8, 16
-COMPLETION_CLEAR = bytes(MESSAGE_SIZE - COMPLETION_SIZE)
 STAT_FAST = struct.Struct(f"<{len(STAT_FIELDS)}Q")
 CONFIG_FAST = struct.Struct(f"<{len(CONFIG_FIELDS)}Q")
 
@@ -228,18 +226,16 @@ def __getattr__(name: str) -> Any:
     return schemas()[name]
 
 
-def to_signed(value: int) -> int:
-    """The i64 reading of a u64 word (DIR_SEEK's `loc`)."""
-    return value - (1 << 64) if value & (1 << 63) else value
-
-
 def slot_offset(index: int) -> int:
     """Region offset of the slot holding message number `index` (free-running u64)."""
     return QUEUE_HEADER_SIZE + (index % QUEUE_CAPACITY) * MESSAGE_SIZE
 
 
 def buffer_ok(offset: int, size: int, share_size: int) -> bool:
-    """Whether a client's buffer lies inside the share (csrc/handles.c states the rule)."""
+    """Whether a client's buffer lies inside the share (csrc/handles.c states the rule).
+
+    The rule is docs/protocol.md "Buffers in the data share".
+    """
     if not (0 <= offset <= U64_MASK and 0 <= size <= U64_MASK and 0 <= share_size <= U64_MASK):
         return False
     from vmfs._native import lib
@@ -257,8 +253,9 @@ def batch_limit(
     `cmpl_head` the client's completion head, `outstanding` taken but not yet written. A queue
     more than 511 ahead, or a tail moved back, is corrupt (treated as empty); a completion queue
     more than 511 ahead is corrupt (treated as full). Never take a command without a completion
-    slot for it, nor past the 2^64 wrap while the other side of it is live. The rule is stated
-    once, in C (csrc/serve.c), because the native serve loop applies it too.
+    slot for it, nor past the 2^64 wrap while the other side of it is live (docs/protocol.md
+    "Queue layout"). The rule is stated once, in C (csrc/serve.c), because the native serve
+    loop applies it too.
     """
     from vmfs._native import ffi, lib
 

@@ -7,7 +7,8 @@
 `v1/` keeps the corpus as first recorded in trace format version 1, which replay still reads.
 
 Each session speaks the raw protocol the way a real LionsOS client does (ids, path formats,
-buffer placement), so the traces exercise what those clients rely on (PROTOCOL.md section 6).
+buffer placement), so the traces exercise what those clients rely on (docs/protocol.md "Parties
+and the life of a command").
 """
 
 from __future__ import annotations

@@ -29,7 +29,6 @@ from vmfs.guest import default_cache
 
 log = logging.getLogger("vmfs.guest.build")
 
-DEFAULT_CACHE = default_cache()
 MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
 

@@ -125,10 +125,6 @@ class Initrd:
     digest: str
 
 
-def _is_elf(data: bytes) -> bool:
-    return data[:4] == b"\x7fELF"
-
-
 def _needed(path: Path) -> list[str]:
     out = run(["aarch64-linux-gnu-readelf", "-d", str(path)]).stdout
     return [

@@ -27,8 +27,6 @@ from vmfs.guest.vmm import QEMU, GuestClientTransport, GuestError
 from vmfs.uio import CONFIG_SIZE, RegionSizes
 
 MIB = 1024 * 1024
-LIONSOS_INITRD = 0x47000000  # the example's initrd address and window (linux_overlayed.dts)
-LIONSOS_WINDOW = 8 * MIB
 DONE = re.compile(rb"@@rc=(\d+)@@")
 # Debian's kernel reserves 64 MiB of CMA, which the initramfs (ramfs pages) cannot use; and at boot
 # its 6.1 tracefs gives every trace event a dentry and inode (about 8 MB of slab, never freed).

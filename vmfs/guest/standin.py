@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 from vmfs import wire
-from vmfs.uio import REGION_NAMES, RegionSizes, SharedIndexWords
+from vmfs.shm import SharedIndexWords
+from vmfs.uio import REGION_NAMES, RegionSizes
 
 UIO_CLASS = Path("/sys/class/uio")
 ENABLE = struct.pack("<I", 1)
