@@ -274,22 +274,24 @@ static int vmfs_native_transfer(struct vmfs_ctx *c, const uint64_t *p, int writi
                                 uint64_t *data) {
     struct vmfs_handle *h;
     uint64_t size = p[3];
+    char *buf;
     long done;
     int slot = -1;
     if (vmfs_check_transfer(c, p, writing, &slot)) return VMFS_PUNT;
     h = &c->handles.entries[slot];
+    buf = (char *)c->share + p[2];
     if (writing && h->io != VMFS_IO_SYNC) return VMFS_PUNT;
     if (h->io == VMFS_IO_RING) return VMFS_WOULD_BLOCK;
     if (c->device_memory && size > c->bounce_size) return VMFS_PUNT;
-    if (!writing && size > c->f.max_file_offset - 1 - p[1]) size = c->f.max_file_offset - 1 - p[1];
+    if (!writing && size > c->f.max_file_offset - 1 - p[1])
+        size = c->f.max_file_offset - 1 - p[1]; /* no file reaches that far: end of file */
     if (writing)
-        done = c->device_memory ? vmfs_pwrite_bounce(h->fd, c->bounce, (char *)c->share + p[2], size, p[1])
-                                : vmfs_pwrite_full(h->fd, (char *)c->share + p[2], size, p[1]);
+        done = c->device_memory ? vmfs_pwrite_bounce(h->fd, c->bounce, buf, size, p[1])
+                                : vmfs_pwrite_full(h->fd, buf, size, p[1]);
     else {
         int flags = h->io == VMFS_IO_NOWAIT ? RWF_NOWAIT : 0;
-        done = c->device_memory
-                   ? vmfs_pread_bounce(h->fd, c->bounce, (char *)c->share + p[2], size, p[1], flags)
-                   : vmfs_pread_full(h->fd, (char *)c->share + p[2], size, p[1], flags);
+        done = c->device_memory ? vmfs_pread_bounce(h->fd, c->bounce, buf, size, p[1], flags)
+                                : vmfs_pread_full(h->fd, buf, size, p[1], flags);
         if (done == -EOPNOTSUPP && flags) h->io = VMFS_IO_RING;
         if (done == -EAGAIN || done == -EOPNOTSUPP) return VMFS_WOULD_BLOCK;
     }

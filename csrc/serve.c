@@ -88,7 +88,8 @@ static void vmfs_complete(struct vmfs_ctx *c, uint64_t index, uint64_t id, uint6
                           uint32_t status, uint64_t data, uint64_t started) {
     uint8_t message[c->f.message_size];
     uint64_t status64 = status, row = cmd < c->f.num_commands ? cmd : c->f.num_commands;
-    uint8_t *slot = c->cmplq + c->f.header_size + (c->cmpl_tail % c->f.capacity) * c->f.message_size;
+    uint8_t *slot =
+        c->cmplq + c->f.header_size + (c->cmpl_tail % c->f.capacity) * c->f.message_size;
     memset(message, 0, sizeof message);
     memcpy(message + c->f.id_offset, &id, 8);
     memcpy(message + c->f.completion_status_offset, &status64, 8);

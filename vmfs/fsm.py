@@ -265,7 +265,8 @@ class Engine:
     # -- taking -------------------------------------------------------------------------------
 
     def takeable(self) -> int:
-        """How many commands may be taken now (docs/protocol.md "Queue layout"); corrupt indices are logged."""
+        """How many commands may be taken now (docs/protocol.md "Queue layout"); corrupt
+        indices are logged."""
         n, problem = batch_limit(
             self.head,
             self.next_take,
