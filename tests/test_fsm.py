@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from transitions import MachineError
 
 from vmfs import fsm
+from vmfs.executor import Executor
 from vmfs.ordering import ANY_FILE, NAMESPACE
+from vmfs.queueport import QueuePort
 from vmfs.request import Request
 from vmfs.wire import QUEUE_REGION_SIZE, Command, QueueView, Status, build_command
 
@@ -162,10 +164,10 @@ def test_conflicting_requests_never_overlap(batch: list[Any], data: st.DataObjec
         log.append(("end", call[1]))
         return 0
 
-    engine = fsm.Engine(cmdq, cmplq, FakeOps(log), ring, perform, lambda: True)
+    engine = fsm.Engine(QueuePort(cmdq, cmplq), FakeOps(log), Executor(ring, perform), lambda: True)
     for _ in range(200):
         engine.pump()
-        if not engine.in_flight and engine.head == len(batch):
+        if not engine.in_flight and engine.port.head == len(batch):
             break
         engine.flush()
     position = {event: n for n, event in enumerate(log)}
@@ -186,14 +188,16 @@ def test_engine_respects_free_completion_slots() -> None:
     cmplq.publish_tail(500)  # 500 completions the client has not consumed
     for i in range(20):
         assert cmdq.push(build_command(i, Command.DIR_OPEN, bytes(48)))
-    engine = fsm.Engine(cmdq, cmplq, FakeOps([]), None, lambda call: 0, lambda: True)
+    engine = fsm.Engine(
+        QueuePort(cmdq, cmplq), FakeOps([]), Executor(None, lambda call: 0), lambda: True
+    )
     engine.pump()
-    assert engine.head == 11 and cmplq.tail == 511
+    assert engine.port.head == 11 and cmplq.tail == 511
     engine.pump()
-    assert engine.head == 11
+    assert engine.port.head == 11
     cmplq.publish_head(5)
     engine.pump()
-    assert engine.head == 16
+    assert engine.port.head == 16
 
 
 @pytest.mark.parametrize("corrupt_tail", [600, 2**64 - 1])
@@ -201,7 +205,9 @@ def test_corrupt_command_queue_is_treated_as_empty(corrupt_tail: int) -> None:
     cmdq = QueueView(memoryview(bytearray(QUEUE_REGION_SIZE)))
     cmplq = QueueView(memoryview(bytearray(QUEUE_REGION_SIZE)))
     cmdq.publish_tail(corrupt_tail)
-    engine = fsm.Engine(cmdq, cmplq, FakeOps([]), None, lambda call: 0, lambda: True)
+    engine = fsm.Engine(
+        QueuePort(cmdq, cmplq), FakeOps([]), Executor(None, lambda call: 0), lambda: True
+    )
     assert engine.pump() is False
     assert cmplq.tail == 0 and cmdq.head == 0
 
@@ -217,12 +223,10 @@ def test_device_memory_slot_copies_give_identical_queues(batch: list[Any]) -> No
         for i, (kind, key, first, length) in enumerate(batch):
             params = b"".join(v.to_bytes(8, "little") for v in (key, first, 0, length))
             cmdq.push(build_command(7000 + i, KIND_TYPE[kind], params))
-        engine = fsm.Engine(
-            cmdq, cmplq, FakeOps([]), None, lambda call: 0, lambda: True,
-            device_memory=device_memory,
-        )  # fmt: skip
+        port = QueuePort(cmdq, cmplq, device_memory=device_memory)
+        engine = fsm.Engine(port, FakeOps([]), Executor(None, lambda call: 0), lambda: True)
         engine.pump()
-        assert (engine.command_slots is not None) == device_memory
+        assert (engine.port.command_slots is not None) == device_memory
         regions.append(bytes(cmplq.region))
     assert regions[0] == regions[1]
     assert regions[0][64:72] == (7000).to_bytes(8, "little")

@@ -30,8 +30,10 @@ from hypothesis import strategies as st
 
 from vmfs import fsm, uring
 from vmfs.client import Client, LoopbackServer
+from vmfs.executor import Executor
 from vmfs.handles import HandleTable
 from vmfs.ops import Operations
+from vmfs.queueport import QueuePort
 from vmfs.shm import Share
 from vmfs.wire import QUEUE_REGION_SIZE, Command, QueueView, Status
 
@@ -310,7 +312,9 @@ def test_last_handle_goes_to_the_earlier_open(tmp_path: Path) -> None:
         cmdq = QueueView(memoryview(bytearray(QUEUE_REGION_SIZE)))
         cmplq = QueueView(memoryview(bytearray(QUEUE_REGION_SIZE)))
         ring = HeldRing(uring.perform)
-        engine = fsm.Engine(cmdq, cmplq, ops, ring, uring.perform, lambda: True)
+        engine = fsm.Engine(
+            QueuePort(cmdq, cmplq), ops, Executor(ring, uring.perform), lambda: True
+        )
         assert cmdq.push(message(1, Command.FILE_OPEN, struct.pack("<QQQ", 0, 2, 0)))
         assert cmdq.push(message(2, Command.DIR_OPEN, struct.pack("<QQ", 8, 1)))
         for _ in range(4):

@@ -31,6 +31,8 @@ from hostile_helpers import (
 
 from vmfs import fsm
 from vmfs.client import Client, LoopbackServer
+from vmfs.executor import Executor
+from vmfs.queueport import QueuePort
 from vmfs.wire import QUEUE_REGION_SIZE, Command, QueueView
 
 SUCCESS, INVALID_COMMAND = 0, 13
@@ -226,7 +228,7 @@ def make_engine(start: int = 0) -> tuple[fsm.Engine, QueueView, QueueView, Count
         q.publish_head(start)
         q.publish_tail(start)
     ops, ring = CountingOps(), HeldRing()
-    engine = fsm.Engine(cmdq, cmplq, ops, ring, lambda call: 0, lambda: True)
+    engine = fsm.Engine(QueuePort(cmdq, cmplq), ops, Executor(ring, lambda call: 0), lambda: True)
     return engine, cmdq, cmplq, ops, ring
 
 

@@ -140,10 +140,10 @@ def test_a_table_without_the_answer_edge_stops_the_loop_before_any_completion(
     table[fsm.QUEUED * len(fsm.TRIGGER) + fsm.T["answer"]] = -1
     broken = ffi.new("int8_t[]", table)
     driver.native.ctx.f.table = broken
-    before = driver.engine.cmpl_tail
+    before = driver.engine.port.cmpl_tail
     with pytest.raises(fsm.IllegalTransition):
         client.stat("f")
-    assert driver.engine.cmpl_tail == before
+    assert driver.engine.port.cmpl_tail == before
 
 
 def test_the_loop_returns_for_a_signal_and_sleeps_when_idle(

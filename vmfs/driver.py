@@ -18,10 +18,12 @@ from typing import Any
 
 from vmfs import fsm, inline, native, uring
 from vmfs._native import lib
+from vmfs.executor import Executor
 from vmfs.handles import HandleTable
 from vmfs.journal import HEADER_SIZE as JOURNAL_HEADER_SIZE
 from vmfs.journal import Journal
 from vmfs.ops import Operations
+from vmfs.queueport import QueuePort
 from vmfs.refusals import RefusalLog
 from vmfs.shm import Share, SharedIndexWords
 from vmfs.stats import Counters
@@ -94,21 +96,22 @@ class Driver:
         try_now = None
         if options.fast_path and self.ring is not None:
             try_now = inline.Inline(lambda: self.root_fd)
-        self.engine = fsm.Engine(
+        port = QueuePort(
             QueueView(transport.command, SharedIndexWords(transport.command)),
             QueueView(transport.completion, SharedIndexWords(transport.completion)),
-            self.ops,
-            self.ring,
-            uring.perform,
-            self.initialised,
             journal=self.journal,
             counters=self.counters,
-            inline_ops=frozenset(inline_ops),
-            native=self.native if options.fast_path else None,
-            try_now=try_now,
             device_memory=not self.share.direct,
         )
-        self.engine.notify = transport.notify
+        port.notify = transport.notify  # type: ignore[method-assign]
+        executor = Executor(self.ring, uring.perform, frozenset(inline_ops), try_now)
+        self.engine = fsm.Engine(
+            port,
+            self.ops,
+            executor,
+            self.initialised,
+            native=self.native if options.fast_path else None,
+        )
         self.refusals = RefusalLog(detail=log.isEnabledFor(logging.DEBUG))
         self.engine.on_refusal = self.refusals
         crash_on = os.environ.get(CRASH_ON_ID_VARIABLE)

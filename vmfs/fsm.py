@@ -16,7 +16,6 @@ client observes exactly what running the commands one at a time in queue order w
 from __future__ import annotations
 
 import logging
-import struct
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -24,26 +23,21 @@ from typing import Any, Protocol
 from transitions import Machine
 
 from vmfs._native import ffi, lib
+from vmfs.executor import Executor
 from vmfs.journal import WRITTEN
 from vmfs.ordering import InFlight
 from vmfs.paths import PathRefused, status_of
+from vmfs.queueport import QueuePort
 from vmfs.request import Request
-from vmfs.shm import DeviceSlots
-from vmfs.stats import Counters
 from vmfs.wire import (
     COMMAND_PARAMS_OFFSET,
-    COMPLETION_FAST,
     FAST_PARAMS,
     MESSAGE_HEADER,
-    MESSAGE_SIZE,
     NUM_COMMANDS,
     QUEUE_CAPACITY,
-    QUEUE_HEADER_SIZE,
     U64_MASK,
     Command,
-    QueueView,
     Status,
-    batch_limit,
 )
 
 log = logging.getLogger("vmfs.fsm")
@@ -177,19 +171,7 @@ def fire(req: Request, trigger: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The batch loop.
-
-
-class Executor(Protocol):
-    """What the engine needs of io_uring (vmfs.uring.Ring; tests use a fake)."""
-
-    def submit_call(self, call: tuple[Any, ...], tag: int) -> Any: ...
-
-    def submit(self) -> int: ...
-
-    def wait(self, count: int = 1) -> None: ...
-
-    def reap(self) -> list[tuple[int, int]]: ...
+# The batch loop: the queue port takes and answers, the executor runs calls, the engine decides.
 
 
 class Commands(Protocol):
@@ -200,41 +182,27 @@ class Commands(Protocol):
     def claims(self, req: Request) -> tuple[tuple[Any, int, int, bool], ...] | None: ...
 
 
-class JournalLike(Protocol):
-    def entry(self, index: int) -> Any: ...
-
-    def started(self, index: int) -> None: ...
-
-    def written(self, index: int, status: int, data: int, completion_index: int) -> None: ...
-
-
 class Engine:
-    """Takes commands off the command queue, drives them, writes and publishes completions."""
+    """Drives every request through the machine: takes commands from the port in queue order,
+    holds one that could observe in-flight work at the barrier, runs each command's calls
+    through the executor, answers, and publishes. The native loop (vmfs.native) takes over
+    whenever nothing is in flight (`run_native`)."""
 
     def __init__(
         self,
-        commands: QueueView,
-        completions: QueueView,
+        port: QueuePort,
         ops: Commands,
-        executor: Executor | None,
-        perform: Callable[[tuple[Any, ...]], int],
+        executor: Executor,
         initialised: Callable[[], bool],
-        journal: JournalLike | None = None,
-        counters: Counters | None = None,
-        inline_ops: frozenset[int] = frozenset(),
         native: Any = None,
-        try_now: Callable[[tuple[Any, ...]], int | None] | None = None,
-        device_memory: bool = False,
     ) -> None:
-        self.cmdq = commands
-        self.cmplq = completions
+        self.port = port
         self.ops = ops
-        self.ring = executor
-        self.perform = perform
+        self.executor = executor
+        self.ring = executor.ring
         self.initialised = initialised
-        self.journal = journal
-        self.counters = counters or Counters()
-        self.inline_ops = inline_ops
+        self.journal = port.journal
+        self.counters = port.counters
         # vmfs.native.Context with the queues attached: serves the common commands in C
         self.native = native
         self.hand_back = False  # set by a driver that runs the native loop (see pump)
@@ -243,41 +211,16 @@ class Engine:
             self._native_kinds = bytes(native.ctx.native[0:NUM_COMMANDS])
             self._native_ctx = native.ctx
             self._native_out = ffi.new("uint32_t *"), ffi.new("uint64_t *")
-        self.try_now = try_now  # a call performed now, or None for the ring
         self.slots = [Request() for _ in range(QUEUE_CAPACITY)]
-        self.head = commands.head  # lowest command index not yet answered and published
-        self.next_take = self.head  # next command index to take
-        self.cmpl_tail = completions.tail  # next completion index to write
-        self.cmpl_published = self.cmpl_tail
-        self.outstanding = 0  # taken, not yet written
         self.in_flight = 0  # requests with a call on the ring
         self.ordering = InFlight(len(self.slots))
-        # Queue regions in device memory are read and written only by aligned slot copies.
-        self.command_slots = DeviceSlots(commands.region) if device_memory else None
-        self.completion_slots = DeviceSlots(completions.region) if device_memory else None
-        self.native_served = 0
         self.tap: Callable[[str, Request], None] | None = None
         self.on_refusal: Callable[[Request], None] | None = None  # each non-SUCCESS completion
-        queued = (commands.tail - self.head) & U64_MASK
-        self._recovering = queued if journal is not None and queued <= QUEUE_CAPACITY else 0
-        self._warned_at = 0.0
+        queued = (port.cmdq.tail - port.head) & U64_MASK
+        recovering = self.journal is not None and queued <= QUEUE_CAPACITY
+        self._recovering = queued if recovering else 0
 
     # -- taking -------------------------------------------------------------------------------
-
-    def takeable(self) -> int:
-        """How many commands may be taken now (docs/protocol.md "Queue layout"); corrupt
-        indices are logged."""
-        n, problem = batch_limit(
-            self.head,
-            self.next_take,
-            self.cmdq.tail,
-            self.cmpl_tail,
-            self.cmplq.head,
-            self.outstanding,
-        )
-        if problem:
-            self._warn(problem)
-        return n
 
     def pump(self) -> bool:
         """One batch: take, start, submit, reap, publish. True if anything happened.
@@ -285,9 +228,8 @@ class Engine:
         With `hand_back` set (the driver runs the native loop), taking stops at a command the
         native loop takes once everything before it is answered: the loop goes on from there.
         """
-        takeable = self.takeable()
-        region = self.cmdq.region
-        device_slots = self.command_slots
+        port = self.port
+        takeable = port.takeable()
         slots = self.slots
         native = self.native is not None and self.tap is None
         hand_back = native and self.hand_back
@@ -295,19 +237,14 @@ class Engine:
         clock = time.perf_counter_ns
         took = 0
         while took < takeable:
-            index = self.next_take
-            slot = index % QUEUE_CAPACITY
-            req = slots[slot]
-            off = QUEUE_HEADER_SIZE + slot * MESSAGE_SIZE
-            if device_slots is not None:
-                message, moff = device_slots.read(off), 0
-            else:
-                message, moff = region, off
-            req.id, cmd = MESSAGE_HEADER.unpack_from(message, moff)
+            index = port.next_take
+            req = slots[index % QUEUE_CAPACITY]
+            message, off = port.message(index)
+            req.id, cmd = MESSAGE_HEADER.unpack_from(message, off)
             if (
                 hand_back
                 and took
-                and not self.outstanding
+                and not port.outstanding
                 and not self.in_flight
                 and cmd < NUM_COMMANDS
                 and natives[cmd]
@@ -316,8 +253,7 @@ class Engine:
             took += 1
             req.cmd = cmd
             req.index = index
-            self.next_take = (index + 1) & U64_MASK
-            self.outstanding += 1
+            port.took(index)
             fire(req, _TAKE)
             req.started = clock()
             if self._recovering:
@@ -326,9 +262,9 @@ class Engine:
                 if entry is not None:
                     self._recover(req, entry)
                     continue
-            if native and not self.in_flight and self._serve_natively(req, message, moff):
+            if native and not self.in_flight and self._serve_natively(req, message, off):
                 continue
-            self.dispatch(req, message, moff)
+            self.dispatch(req, message, off)
         if took:
             self.counters.batch(took)
         reaped = self.reap_ready()
@@ -350,11 +286,12 @@ class Engine:
 
     def quiescent(self) -> bool:
         """Nothing taken, in flight, unwritten or unpublished: the native loop may take over."""
+        port = self.port
         return (
-            not self.outstanding
+            not port.outstanding
             and not self.in_flight
-            and self.head == self.next_take
-            and self.cmpl_published == self.cmpl_tail
+            and port.head == port.next_take
+            and port.cmpl_published == port.cmpl_tail
             and not self._recovering
         )
 
@@ -362,13 +299,12 @@ class Engine:
         """Serve in the native loop (csrc/serve.c) until it hands back; its reason
         (lib.VMFS_LOOP_*). The loop continues exactly where this engine stands, and this
         engine where the loop stopped: nothing is ever in flight across the hand-over."""
-        c = self._native_ctx
-        c.head = c.next_take = self.next_take
-        c.cmpl_tail = self.cmpl_tail
-        before = c.served
+        c, port = self._native_ctx, self.port
+        c.head = c.next_take = port.next_take
+        c.cmpl_tail = port.cmpl_tail
         code = lib.vmfs_serve(c)
-        self.head = self.next_take = c.next_take
-        self.cmpl_tail = self.cmpl_published = c.cmpl_tail
+        port.head = port.next_take = c.next_take
+        port.cmpl_tail = port.cmpl_published = c.cmpl_tail
         if code == lib.VMFS_LOOP_ILLEGAL:
             raise IllegalTransition("the native loop met a step the request machine lacks")
         for i in range(c.refused_count):
@@ -379,7 +315,6 @@ class Engine:
                 req.status, req.params = refused.status, tuple(refused.params)
                 self.on_refusal(req)
         c.refused_count = 0
-        self.native_served += c.served - before
         return code
 
     def dispatch(self, req: Request, message: Any, off: int) -> None:
@@ -416,29 +351,16 @@ class Engine:
         """Feed `result` to the request's steps; queue its next call or finish it."""
         steps = req.steps
         assert steps is not None
+        now = self.executor.now
         try:
             while True:
                 call = steps.send(None) if first else steps.send(result)
                 first = False
-                if req.synchronous or call[0] in self.inline_ops:
-                    result = self.perform(call)
+                done = now(call, req.synchronous)
+                if done is not None:
+                    result = done
                     continue
-                if self.try_now is not None:
-                    now = self.try_now(call)
-                    if now is not None:
-                        result = now
-                        continue
-                tag = req.index % QUEUE_CAPACITY
-                keep = self.ring.submit_call(call, tag)
-                while keep is None:  # no room in the submission queue: make some, then wait
-                    self.ring.submit()
-                    keep = self.ring.submit_call(call, tag)
-                    if keep is None and self.in_flight:
-                        self.ring.wait(1)
-                        self.reap_ready()
-                    elif keep is None:
-                        raise OSError(16, "io_uring submission queue full with nothing in flight")
-                req.keep = keep
+                req.keep = self._submit(call, req.index % QUEUE_CAPACITY)
                 if req.state == SUBMITTED:
                     fire(req, T["resubmit"])
                 else:
@@ -457,6 +379,21 @@ class Engine:
         if trigger < 0:
             raise IllegalTransition(f"{REQUEST_STATES[req.state]} has no way to finish")
         self._complete(req, trigger)
+
+    def _submit(self, call: tuple[Any, ...], tag: int) -> Any:
+        """Put `call` on the ring; with no room in the submission queue, make some and wait."""
+        ring = self.ring
+        assert ring is not None
+        keep = ring.submit_call(call, tag)
+        while keep is None:
+            ring.submit()
+            keep = ring.submit_call(call, tag)
+            if keep is None and self.in_flight:
+                ring.wait(1)
+                self.reap_ready()
+            elif keep is None:
+                raise OSError(16, "io_uring submission queue full with nothing in flight")
+        return keep
 
     def flush(self) -> None:
         """The barrier: wait until every request on the ring has completed."""
@@ -485,9 +422,10 @@ class Engine:
         fire(req, T["recover"])
         req.started = time.perf_counter_ns()
         if entry.phase == WRITTEN:
-            unpublished = (entry.completion_index - self.cmpl_published) & U64_MASK < 1 << 63
+            published = self.port.cmpl_published
+            unpublished = (entry.completion_index - published) & U64_MASK < 1 << 63
             if not unpublished:
-                self.outstanding -= 1
+                self.port.outstanding -= 1
                 return
             req.status, req.data = entry.status, entry.data
             log.warning("command %d: re-publishing its unpublished completion", req.index)
@@ -525,19 +463,7 @@ class Engine:
         self.write_completion(req)
 
     def write_completion(self, req: Request) -> None:
-        index = self.cmpl_tail
-        off = QUEUE_HEADER_SIZE + (index % QUEUE_CAPACITY) * MESSAGE_SIZE
-        device_slots = self.completion_slots
-        if device_slots is None:
-            _COMPLETION_SLOT.pack_into(self.cmplq.region, off, req.id, req.status, req.data)
-        else:
-            _COMPLETION_SLOT.pack_into(device_slots.buffer, 0, req.id, req.status, req.data)
-            device_slots.write(off)
-        self.cmpl_tail = (index + 1) & U64_MASK
-        self.outstanding -= 1
-        if self.journal:
-            self.journal.written(req.index, req.status, req.data, index)
-        self.counters.completed(req.cmd, req.status, time.perf_counter_ns() - req.started)
+        self.port.write(req)
         if req.status and self.on_refusal is not None:
             self.on_refusal(req)
         if self.tap:
@@ -545,33 +471,17 @@ class Engine:
 
     def publish(self) -> bool:
         """Make written completions visible, then let the client reuse their command slots."""
-        published = self.cmpl_tail != self.cmpl_published
-        if published:
-            self.cmplq.publish_tail(self.cmpl_tail)
-            self.cmpl_published = self.cmpl_tail
-        head = self.head
+        port = self.port
+        published = port.publish_completions()
+        head = port.head
         slots = self.slots
-        while head != self.next_take:
+        while head != port.next_take:
             req = slots[head % QUEUE_CAPACITY]
             if req.state != COMPLETED:
                 break
             fire(req, T["publish"])
             head = (head + 1) & U64_MASK
-        if head != self.head:
-            self.head = head
-            self.cmdq.publish_head(head)
+        port.publish_head(head)
         if published:
-            self.notify()
+            port.notify()
         return published
-
-    def notify(self) -> None:
-        """Replaced by the driver with the transport's doorbell."""
-
-    def _warn(self, message: str) -> None:
-        now = time.monotonic()
-        if now - self._warned_at >= 5.0:
-            self._warned_at = now
-            log.warning(message)
-
-
-_COMPLETION_SLOT = struct.Struct(COMPLETION_FAST.format + f"{MESSAGE_SIZE - COMPLETION_FAST.size}x")

@@ -209,7 +209,7 @@ class Recorder:
             self.batch += 1
             self._new_batch = False
         off = slot_offset(req.index) + 16
-        words = list(WORDS.unpack_from(self.engine.cmdq.region, off))
+        words = list(WORDS.unpack_from(self.engine.port.cmdq.region, off))
         self._taken[req.index] = (req.cmd, words)
         record: dict[str, Any] = {
             "t": "c", "b": self.batch, "i": req.index, "id": req.id, "c": req.cmd, "w": words,
