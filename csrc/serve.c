@@ -217,7 +217,7 @@ static int vmfs_read_to_ring(struct vmfs_ctx *c, uint64_t index, uint64_t id, co
 /* Take every completion the ring has posted: finish reads, queue the rest of short ones. */
 static int vmfs_reap_reads(struct vmfs_ctx *c) {
     struct io_uring_cqe *cqe;
-    unsigned head, seen = 0;
+    unsigned head, seen = 0, again = 0;
     int ret = 0;
     io_uring_for_each_cqe(c->ring, head, cqe) {
         uint32_t slot = (uint32_t)cqe->user_data, status = 0;
@@ -228,6 +228,7 @@ static int vmfs_reap_reads(struct vmfs_ctx *c) {
             q->done += (uint64_t)res;
             if (q->done < q->size) {
                 if (vmfs_move(c, slot, c->f.resubmit) || vmfs_prep_pending(c, slot) < 0) ret = -1;
+                again++;
                 continue;
             }
         } else if (res < 0 && !q->done) {
@@ -248,6 +249,7 @@ static int vmfs_reap_reads(struct vmfs_ctx *c) {
         }
     }
     io_uring_cq_advance(c->ring, seen);
+    if (again) io_uring_submit(c->ring); /* the rest of short reads: queued, now submitted */
     return ret;
 }
 
@@ -377,6 +379,11 @@ static int vmfs_serve(struct vmfs_ctx *c) {
             while (vmfs_load_acquire(c->cmdq + c->f.tail_offset) == tail && vmfs_now_ns() < until)
                 vmfs_cpu_relax();
             if (vmfs_load_acquire(c->cmdq + c->f.tail_offset) != tail) continue;
+        }
+        if (c->in_flight) {
+            io_uring_get_events(c->ring); /* completions waiting in task work are posted now */
+            if (vmfs_reap_reads(c) || vmfs_publish(c)) return vmfs_leave(c, VMFS_LOOP_ILLEGAL);
+            if (!c->in_flight) continue;
         }
         fds[0].fd = c->irq_fd;
         fds[0].events = POLLIN;

@@ -199,15 +199,20 @@ def test_reads_that_would_wait_for_the_disk_overlap_on_the_ring(tmp_path: Path) 
             done = client.wait(cmd_id)
             assert (done.status, done.data) == (Status.SUCCESS, 65536)
             answers.append(client.take(buf, done.data))
-        assert client.stat("cold")[0].ok
         assert b"".join(answers) == data
+        fd = os.open(root / "cold", os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+        done, tail = client.read(handle, len(data) - 1000, 65536)  # short: a second read ends it
+        assert (done.status, tail) == (Status.SUCCESS, data[-1000:])
+        assert client.stat("cold")[0].ok
         made = {
             (word >> 16, (word >> 8) & 0xFF, word & 0xFF)
             for word in (recorded[i] for i in range(driver.native.ctx.transitions_len))
         }
         assert made <= edges()
         triggers = {trigger for _, trigger, _ in made}
-        assert {fsm.T["submit"], fsm.T["reap"]} <= triggers
+        assert {fsm.T["submit"], fsm.T["resubmit"], fsm.T["reap"]} <= triggers
         assert driver.native.ctx.in_flight == 0
         next(served, None)
     finally:

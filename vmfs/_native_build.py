@@ -27,7 +27,6 @@ struct statx {
 };
 
 #define IORING_SETUP_SINGLE_ISSUER ...
-#define IORING_SETUP_COOP_TASKRUN ...
 #define RESOLVE_IN_ROOT ...
 #define RESOLVE_NO_MAGICLINKS ...
 #define AT_EMPTY_PATH ...
@@ -263,9 +262,6 @@ PRELUDE = r"""
 
 #ifndef IORING_SETUP_SINGLE_ISSUER
 #define IORING_SETUP_SINGLE_ISSUER (1U << 12)
-#endif
-#ifndef IORING_SETUP_COOP_TASKRUN
-#define IORING_SETUP_COOP_TASKRUN (1U << 8)
 #endif
 #ifndef RESOLVE_CACHED
 #define RESOLVE_CACHED 0x20

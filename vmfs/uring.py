@@ -70,7 +70,9 @@ class Ring:
         if os.environ.get(DISABLE_ENV):
             raise RingUnavailable(38, f"io_uring disabled by {DISABLE_ENV}")  # ENOSYS
         self._ring = ffi.new("struct io_uring *")
-        flags = lib.IORING_SETUP_SINGLE_ISSUER | lib.IORING_SETUP_COOP_TASKRUN
+        # Not COOP_TASKRUN: completions that finish in task work must interrupt the driver's
+        # sleep on the doorbell and the ring's eventfd, or they would wait for the next command.
+        flags = lib.IORING_SETUP_SINGLE_ISSUER
         ret = lib.vmfs_ring_init(self._ring, entries, flags)
         if ret == -22:  # EINVAL: kernel predates the flags; plain ring
             ret = lib.vmfs_ring_init(self._ring, entries, 0)
