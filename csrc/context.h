@@ -1,8 +1,8 @@
-/* The driver's shared context (part of vmfs._native; filled by vmfs/native.py). The same
+/* The driver's shared context (part of vmfs._native; filled by vmfs/driver/native.py). The same
   declarations are in the cdef of vmfs/_native_build.py, which cffi checks against these. */
 
 /* Facts of the protocol and of the request machine, copied from vmfs.wire / vmfs.fsm /
-   vmfs.journal / vmfs.ops at start-up. */
+   vmfs.driver.journal / vmfs.driver.ops at start-up. */
 struct vmfs_facts {
     uint32_t capacity, message_size, header_size, head_offset, tail_offset;
     uint32_t id_offset, type_offset, params_offset;
@@ -22,7 +22,7 @@ struct vmfs_facts {
     uint32_t take, answer, publish, submit, resubmit, reap, hold, run, hand_over;
     uint64_t max_io;           /* the most one read call moves */
     uint64_t cmd_file_read;
-    const uint8_t *errno_status; /* errno -> status of a failed read (vmfs.paths.status_of) */
+    const uint8_t *errno_status; /* errno -> status of a failed read (paths.status_of) */
     uint32_t errno_count;
 };
 
@@ -53,7 +53,7 @@ struct vmfs_handles {
     uint32_t limit, slot_bits, generation_mask, free_first, free_count;
 };
 
-/* Counters, as vmfs.stats.Counters reads them. */
+/* Counters, as vmfs.driver.stats.Counters reads them. */
 struct vmfs_counts {
     uint64_t *by_command; /* (num_commands + 1) rows of num_statuses */
     uint64_t *latency;    /* log2 buckets of nanoseconds */

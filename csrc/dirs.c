@@ -1,6 +1,6 @@
 /* Directory streams: names taken from getdents64 one small chunk at a time, so an open listing
   costs a fixed few KiB whatever the directory's size (part of vmfs._native; see
-  vmfs/_native_build.py and vmfs/dirstream.py).
+  vmfs/_native_build.py and vmfs/driver/dirstream.py).
 
   Entry numbers (DIR_TELL / DIR_SEEK) count the names returned since the listing started, "."
   and ".." excluded. A seek needs a way back to entry n without keeping every name: the stream

@@ -1,6 +1,6 @@
 /* The driver's context shared by the Python engine and the native serve loop: the facts handed
   over from Python at start-up, the handle table, and each natively served command's checks
-  and calls (part of vmfs._native; see vmfs/_native_build.py and vmfs/native.py).
+  and calls (part of vmfs._native; see vmfs/_native_build.py and vmfs/driver/native.py).
 
   Every number of the protocol (statuses, limits, layouts, open flags) and the request machine
   arrive in struct vmfs_facts from vmfs.wire and vmfs.fsm: nothing here restates them. */

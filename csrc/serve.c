@@ -1,4 +1,4 @@
-/* The native serve loop (part of vmfs._native; driven from vmfs/native.py).
+/* The native serve loop (part of vmfs._native; driven from vmfs/driver/native.py).
 
   One call serves commands until one needs Python: it takes what the queue indices allow,
   moves each request along the compiled request machine handed over from vmfs.fsm (take, then

@@ -84,8 +84,8 @@ class PumpedTransport:
 @pytest.fixture(params=["uring", "sync"])
 def local(request, tmp_path) -> Iterator[tuple[Client, Path]]:
     """(client, root) with an in-process, initialised driver: io_uring and synchronous modes."""
-    from vmfs.client_transport import LoopbackClientTransport, create_loopback_dir
-    from vmfs.driver import Driver, Options
+    from vmfs.client.transport import LoopbackClientTransport, create_loopback_dir
+    from vmfs.driver.process import Driver, Options
     from vmfs.uio import LoopbackTransport
 
     root = tmp_path / "root"

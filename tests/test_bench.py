@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from kernel_caps import NEEDS_MOUNT
 
-from vmfs.bench import chosen
-from vmfs.benchload import WORKLOADS
 from vmfs.cli import main
+from vmfs.tools.bench import chosen
+from vmfs.tools.benchload import WORKLOADS
 
 COLD_NAME = "cold-randread-4k-qd64"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from vmfs.client_transport import create_loopback_dir
+from vmfs.client.transport import create_loopback_dir
 
 USAGE, RUNTIME = 2, 1
 
@@ -252,7 +252,7 @@ def test_version(tmp_path: Path) -> None:
 
 
 def test_bench_help_lists_the_workloads(tmp_path: Path) -> None:
-    from vmfs.benchload import WORKLOADS
+    from vmfs.tools.benchload import WORKLOADS
 
     run = run_cli(["bench", "--help"], tmp_path)
     assert run.returncode == 0

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from vmfs import diagram, fsm
+from vmfs import fsm
+from vmfs.tools import diagram
 
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED = REPO / "diagrams"

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from transitions import MachineError
 
 from vmfs import fsm
-from vmfs.executor import Executor
-from vmfs.ordering import ANY_FILE, NAMESPACE
-from vmfs.queueport import QueuePort
-from vmfs.request import Request
+from vmfs.driver.executor import Executor
+from vmfs.driver.ordering import ANY_FILE, NAMESPACE
+from vmfs.driver.queueport import QueuePort
+from vmfs.driver.request import Request
 from vmfs.wire import QUEUE_REGION_SIZE, Command, QueueView, Status, build_command
 
 

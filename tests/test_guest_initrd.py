@@ -73,8 +73,8 @@ def test_initrd_holds_the_driver_and_no_tooling(initrd: Path) -> None:
 
 def test_initrd_probe_sees_what_serving_imports() -> None:
     names = probe_imports()
-    assert {"vmfs.driver", "vmfs.uio", "transitions", "_cffi_backend"} <= names
-    assert not {"vmfs.bench", "vmfs.benchstart", "construct", "pdb"} & names
+    assert {"vmfs.driver.process", "vmfs.uio", "transitions", "_cffi_backend"} <= names
+    assert not {"vmfs.tools.bench", "vmfs.tools.benchstart", "construct", "pdb"} & names
 
 
 def test_initrd_cli_serves_without_guest_tooling() -> None:
@@ -101,7 +101,7 @@ def test_initrd_boots_and_serves_in_128_mib() -> None:
     assert run.driver_status["VmRSS"] > 0
     assert 0 < run.first_completion_uptime < run.first_completion_wall + 1
     assert "/usr/lib/python3.11/vmfs/_native.cpython-311-aarch64-linux-gnu.so" in run.driver_maps
-    assert {"vmfs.driver", "vmfs.uio", "transitions"} <= run.imported
+    assert {"vmfs.driver.process", "vmfs.uio", "transitions"} <= run.imported
     assert "Traceback" not in run.console
     assert "ModuleNotFoundError" not in run.console
 

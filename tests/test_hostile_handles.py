@@ -30,10 +30,10 @@ from hypothesis import strategies as st
 
 from vmfs import fsm, uring
 from vmfs.client import Client, LoopbackServer
-from vmfs.executor import Executor
-from vmfs.handles import HandleTable
-from vmfs.ops import Operations
-from vmfs.queueport import QueuePort
+from vmfs.driver.executor import Executor
+from vmfs.driver.handles import HandleTable
+from vmfs.driver.ops import Operations
+from vmfs.driver.queueport import QueuePort
 from vmfs.shm import Share
 from vmfs.wire import QUEUE_REGION_SIZE, Command, QueueView, Status
 

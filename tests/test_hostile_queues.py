@@ -31,8 +31,8 @@ from hostile_helpers import (
 
 from vmfs import fsm
 from vmfs.client import Client, LoopbackServer
-from vmfs.executor import Executor
-from vmfs.queueport import QueuePort
+from vmfs.driver.executor import Executor
+from vmfs.driver.queueport import QueuePort
 from vmfs.wire import QUEUE_REGION_SIZE, Command, QueueView
 
 SUCCESS, INVALID_COMMAND = 0, 13

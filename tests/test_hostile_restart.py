@@ -28,7 +28,7 @@ from hostile_helpers import (
 )
 
 from vmfs.client import Client, Completion, LoopbackServer
-from vmfs.driver import CRASH_EXIT_CODE, CRASH_ON_ID_VARIABLE
+from vmfs.driver.process import CRASH_EXIT_CODE, CRASH_ON_ID_VARIABLE
 from vmfs.wire import Command
 
 SUCCESS, ERROR, INVALID_FD, NO_FILE, ALREADY_EXISTS = 0, 1, 4, 15, 17

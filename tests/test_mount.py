@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from kernel_caps import NEEDS_MOUNT, NEEDS_VFAT
 
-from vmfs.mount import Mounter, MountError, first_partition
+from vmfs.driver.mount import Mounter, MountError, first_partition
 
 pytestmark = NEEDS_MOUNT
 

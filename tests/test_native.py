@@ -10,8 +10,8 @@ from memory_fs import on_memory_filesystem
 from vmfs._native import ffi, lib
 
 from vmfs.client import Client, LoopbackServer
-from vmfs.native import Context
-from vmfs.paths import RESOLVE
+from vmfs.driver.native import Context
+from vmfs.driver.paths import RESOLVE
 from vmfs.shm import Share
 from vmfs.uring import AT_EMPTY_PATH, DISABLE_ENV, IORING_OP_STATX, new_statx, perform
 from vmfs.wire import STAT_SIZE, OpenFlags, StatRecord

@@ -18,9 +18,9 @@ from vmfs._native import ffi, lib
 
 from vmfs import fsm
 from vmfs.client import Client
-from vmfs.client_transport import LoopbackClientTransport, create_loopback_dir
-from vmfs.driver import Driver, Options
-from vmfs.native import MEMORY_MAGICS
+from vmfs.client.transport import LoopbackClientTransport, create_loopback_dir
+from vmfs.driver.native import MEMORY_MAGICS
+from vmfs.driver.process import Driver, Options
 from vmfs.uio import LoopbackTransport
 from vmfs.wire import PARAMS, Command, OpenFlags, Status
 

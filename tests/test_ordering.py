@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vmfs.ordering import (
+from vmfs.driver.ordering import (
     ANY_FILE,
     GROW,
     NAMESPACE,

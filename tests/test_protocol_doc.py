@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from construct import Int64sl
 
-from vmfs import paths, wire
+from vmfs import wire
+from vmfs.driver import paths
 from vmfs.wire import Command, Status
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from vmfs.client import LoopbackServer, vmfs_command
-from vmfs.client_transport import create_loopback_dir
-from vmfs.refusals import RefusalLog
-from vmfs.request import Request
+from vmfs.client.transport import create_loopback_dir
+from vmfs.driver.refusals import RefusalLog
+from vmfs.driver.request import Request
 from vmfs.wire import Command, Status
 
 

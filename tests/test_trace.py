@@ -14,7 +14,7 @@ import pytest
 
 from vmfs.client import UNIT, LoopbackServer
 from vmfs.errors import UsageError
-from vmfs.replay import Replay
+from vmfs.tools.replay import Replay
 from vmfs.tracefile import Blob, Session, read_trace, write_trace
 from vmfs.wire import Command, OpenFlags, build_command
 
@@ -130,8 +130,8 @@ def test_an_edited_completion_fails_field_by_field(tmp_path: Path) -> None:
 def test_an_altered_driver_fails_the_replay(tmp_path: Path, monkeypatch) -> None:
     """A driver whose errno mapping regressed (ENOENT -> ERROR) is caught by the corpus."""
     (tmp_path / "sitecustomize.py").write_text(
-        "import errno\nimport vmfs.paths\nfrom vmfs.wire import Status\n"
-        "vmfs.paths._BASE[errno.ENOENT] = Status.ERROR\n"
+        "import errno\nimport vmfs.driver.paths\nfrom vmfs.wire import Status\n"
+        "vmfs.driver.paths._BASE[errno.ENOENT] = Status.ERROR\n"
     )
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     code, report = replay(TRACES / "errors.trace")
@@ -249,7 +249,7 @@ def test_record_cap_cuts_outputs_only_keeping_size_and_digest(tmp_path: Path) ->
 
 
 def test_a_negative_record_cap_is_refused(tmp_path: Path) -> None:
-    from vmfs.client_transport import create_loopback_dir
+    from vmfs.client.transport import create_loopback_dir
 
     loop = create_loopback_dir(tmp_path / "loop", data_size=1 << 20)
     (tmp_path / "root").mkdir()

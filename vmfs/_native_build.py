@@ -104,7 +104,7 @@ struct vmfs_facts {
     uint32_t take, answer, publish, submit, resubmit, reap, hold, run, hand_over;
     uint64_t max_io;           /* the most one read call moves */
     uint64_t cmd_file_read;
-    const uint8_t *errno_status; /* errno -> status of a failed read (vmfs.paths.status_of) */
+    const uint8_t *errno_status; /* errno -> status of a failed read (paths.status_of) */
     uint32_t errno_count;
 };
 
@@ -135,7 +135,7 @@ struct vmfs_handles {
     uint32_t limit, slot_bits, generation_mask, free_first, free_count;
 };
 
-/* Counters, as vmfs.stats.Counters reads them. */
+/* Counters, as vmfs.driver.stats.Counters reads them. */
 struct vmfs_counts {
     uint64_t *by_command; /* (num_commands + 1) rows of num_statuses */
     uint64_t *latency;    /* log2 buckets of nanoseconds */

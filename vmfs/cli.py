@@ -20,7 +20,7 @@ from vmfs import __version__
 from vmfs.errors import UsageError, VmfsError
 
 if TYPE_CHECKING:
-    from vmfs.trace import Recorder
+    from vmfs.driver.trace import Recorder
 
 LOG_FORMAT = "%(asctime)s.%(msecs)03d vmfs: %(levelname)s %(message)s"
 LOG_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
@@ -74,8 +74,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from vmfs.driver import Driver, Options
-    from vmfs.preflight import check_serve
+    from vmfs.driver.preflight import check_serve
+    from vmfs.driver.process import Driver, Options
     from vmfs.uio import LoopbackTransport, TransportError, UioTransport
 
     check_serve(args)
@@ -119,7 +119,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _recorder(driver: Any, args: argparse.Namespace) -> Recorder | None:
     if not args.record:
         return None
-    from vmfs.trace import Recorder
+    from vmfs.driver.trace import Recorder
 
     try:
         return Recorder.attach(
@@ -130,7 +130,7 @@ def _recorder(driver: Any, args: argparse.Namespace) -> Recorder | None:
 
 
 def _loopback(args: argparse.Namespace) -> int:
-    from vmfs.client_transport import create_loopback_dir
+    from vmfs.client.transport import create_loopback_dir
     from vmfs.uio import TransportError, lock_config
 
     directory = Path(args.directory)
@@ -156,13 +156,13 @@ def _loopback(args: argparse.Namespace) -> int:
 
 
 def _diagram(args: argparse.Namespace) -> int:
-    from vmfs.diagram import main as diagram_main
+    from vmfs.tools.diagram import main as diagram_main
 
     return diagram_main(args.out, args.check)
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from vmfs.replay import main as replay_main
+    from vmfs.tools.replay import main as replay_main
 
     if args.timeout <= 0:
         raise UsageError(f"replay: --timeout must be more than 0, not {args.timeout:g}")
@@ -170,7 +170,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from vmfs.demo import run_demo
+    from vmfs.tools.demo import run_demo
 
     return run_demo(verbose=not args.quiet)
 
@@ -199,15 +199,15 @@ def _add_guest(sub: Subcommands, common: dict[str, Any]) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from vmfs.bench import check_options
-    from vmfs.bench import main as bench_main
+    from vmfs.tools.bench import check_options
+    from vmfs.tools.bench import main as bench_main
 
     check_options(args)
     return bench_main(args)
 
 
 def _workload_epilog() -> str:
-    from vmfs.benchload import WORKLOADS
+    from vmfs.tools.benchload import WORKLOADS
 
     names = ", ".join(w.name for w in WORKLOADS if not w.opt_in)
     extra = ", ".join(w.name for w in WORKLOADS if w.opt_in)

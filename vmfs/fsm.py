@@ -23,12 +23,12 @@ from typing import Any, Protocol
 from transitions import Machine
 
 from vmfs._native import ffi, lib
-from vmfs.executor import Executor
-from vmfs.journal import WRITTEN
-from vmfs.ordering import InFlight
-from vmfs.paths import PathRefused, status_of
-from vmfs.queueport import QueuePort
-from vmfs.request import Request
+from vmfs.driver.executor import Executor
+from vmfs.driver.journal import WRITTEN
+from vmfs.driver.ordering import InFlight
+from vmfs.driver.paths import PathRefused, status_of
+from vmfs.driver.queueport import QueuePort
+from vmfs.driver.request import Request
 from vmfs.wire import (
     COMMAND_PARAMS_OFFSET,
     FAST_PARAMS,
@@ -175,7 +175,7 @@ def fire(req: Request, trigger: int) -> None:
 
 
 class Commands(Protocol):
-    """What the engine needs of the operations (vmfs.ops.Operations plus ordering claims)."""
+    """What the engine needs of the operations (vmfs.driver.ops.Operations plus ordering claims)."""
 
     table: dict[int, Callable[[Request], Any]]
 
@@ -185,7 +185,7 @@ class Commands(Protocol):
 class Engine:
     """Drives every request through the machine: takes commands from the port in queue order,
     holds one that could observe in-flight work at the barrier, runs each command's calls
-    through the executor, answers, and publishes. The native loop (vmfs.native) takes over
+    through the executor, answers, and publishes. The native loop (vmfs.driver.native) takes over
     whenever nothing is in flight (`run_native`)."""
 
     def __init__(
@@ -203,7 +203,7 @@ class Engine:
         self.initialised = initialised
         self.journal = port.journal
         self.counters = port.counters
-        # vmfs.native.Context with the queues attached: serves the common commands in C
+        # vmfs.driver.native.Context with the queues attached: serves the common commands in C
         self.native = native
         self.hand_back = False  # set by a driver that runs the native loop (see pump)
         self._native_kinds = bytes(NUM_COMMANDS)

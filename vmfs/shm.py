@@ -59,7 +59,7 @@ class Share:
         self.view = view
         self.size = len(view)
         self.direct = direct
-        self.native: Any = None  # the vmfs.native.Context that checks paths in this share
+        self.native: Any = None  # the vmfs.driver.native.Context that checks paths in this share
 
     def copy_in(self, offset: int, size: int) -> bytes:
         """The client's bytes at [offset, offset+size), copied out exactly once."""

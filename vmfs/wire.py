@@ -156,7 +156,7 @@ FAST_PARAMS: dict[Command, struct.Struct] = {
     for cmd, fields in PARAM_FIELDS.items()
 }
 COMPLETION_FAST = struct.Struct("<QQQ")
-# Where the fast decoders (and the native loop, through vmfs.native) find each message field;
+# Where the fast decoders (and the native loop, through vmfs.driver.native) find each message field;
 # tests/test_wire.py proves they match the schemas above.
 COMMAND_ID_OFFSET, COMMAND_TYPE_OFFSET, COMMAND_PARAMS_OFFSET = 0, 8, 16
 COMPLETION_ID_OFFSET, COMPLETION_STATUS_OFFSET, COMPLETION_DATA_OFFSET = 0, 8, 16

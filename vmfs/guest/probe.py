@@ -22,12 +22,7 @@ from vmfs.resources import PACKAGE_DIR
 SOURCE_ROOT = PACKAGE_DIR.parent  # the directory holding the vmfs package
 
 # vmfs modules that serving never needs: tooling, clients, benchmarks, the guest harness.
-NOT_SERVED = (
-    "vmfs.__main__", "vmfs._native_build", "vmfs.bench", "vmfs.benchdirect", "vmfs.benchlist",
-    "vmfs.benchload", "vmfs.benchstart",
-    "vmfs.client", "vmfs.client_transport", "vmfs.demo", "vmfs.diagram", "vmfs.replay",
-    "vmfs.guest",
-)  # fmt: skip
+NOT_SERVED = ("vmfs.__main__", "vmfs._native_build", "vmfs.tools", "vmfs.client", "vmfs.guest")
 THIRD_PARTY = ("construct", "transitions", "six", "_cffi_backend")
 
 
@@ -73,7 +68,7 @@ def parse_importtime(log: str) -> set[str]:
 
 def probe_imports(timeout: float = 60.0) -> set[str]:
     """Run the probe (about two seconds) and return every module name the driver imported."""
-    from vmfs.client_transport import LoopbackClientTransport, create_loopback_dir
+    from vmfs.client.transport import LoopbackClientTransport, create_loopback_dir
     from vmfs.guest.session import ProtocolClient, fs_session
 
     code = (

@@ -14,7 +14,7 @@ from typing import Any
 
 from vmfs import wire
 from vmfs.client import Client, Completion
-from vmfs.client_transport import ClientTransport
+from vmfs.client.transport import ClientTransport
 from vmfs.errors import VmfsError
 from vmfs.wire import Command, OpenFlags, Status
 

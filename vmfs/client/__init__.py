@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmfs.client_transport import ClientTransport, LoopbackClientTransport, create_loopback_dir
+from vmfs.client.transport import ClientTransport, LoopbackClientTransport, create_loopback_dir
 from vmfs.shm import SharedIndexWords
 from vmfs.wire import (
     COMPLETION_FAST,

@@ -12,8 +12,8 @@ import os
 import stat
 from pathlib import Path
 
+from vmfs.driver.native import MAX_SLOTS
 from vmfs.errors import UsageError, VmfsError
-from vmfs.native import MAX_SLOTS
 
 DEFAULT_UIO_DEVICE = "/dev/vda"
 

@@ -3,7 +3,7 @@
 `Inline` lets the Python engine perform a call synchronously when that cannot block on I/O
 (close, statx of an open file, an open whose lookup is in the dcache, anything on a memory
 filesystem): io_uring would punt such calls to a worker thread, which costs more than the call.
-The common commands' own fast path is the native loop (vmfs.native, csrc/serve.c).
+The common commands' own fast path is the native loop (vmfs.driver.native, csrc/serve.c).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vmfs._native import lib
-from vmfs.native import MEMORY_MAGICS
+from vmfs.driver.native import MEMORY_MAGICS
 from vmfs.uring import (
     IORING_OP_CLOSE,
     IORING_OP_FTRUNCATE,

@@ -13,9 +13,9 @@ import struct
 import time
 from typing import Any, Protocol
 
-from vmfs.request import Request
+from vmfs.driver.request import Request
+from vmfs.driver.stats import Counters
 from vmfs.shm import DeviceSlots
-from vmfs.stats import Counters
 from vmfs.wire import (
     COMPLETION_FAST,
     MESSAGE_SIZE,

@@ -11,7 +11,7 @@ ftruncate, opens, mkdir/unlink/rename, and the statx of STAT and FILE_SIZE. What
 directly, on the driver thread, because io_uring on Linux 6.1 has no form for it or it cannot
 wait on the disk: closing a descriptor, the confined O_PATH lookup of a parent or of STAT's
 target (a dcache walk), fstat of a descriptor just opened, lseek(SEEK_END) for a transfer's
-ordering claims, getdents64 for listings (vmfs.dirops), mount and unmount.
+ordering claims, getdents64 for listings (vmfs.driver.dirops), mount and unmount.
 
 The checks of the commands the native loop also serves (FILE_OPEN, FILE_CLOSE, STAT, FILE_READ,
 FILE_WRITE, FILE_SIZE and the directory commands) are C functions both call (csrc/handles.c):
@@ -25,12 +25,12 @@ import os
 from collections.abc import Callable, Generator
 from typing import Any
 
-from vmfs import paths
 from vmfs._native import ffi, lib
-from vmfs.dirops import DirectoryCommands
-from vmfs.handles import HandleTable, OpenFile
-from vmfs.native import DIR_MODE
-from vmfs.ordering import (
+from vmfs.driver import paths
+from vmfs.driver.dirops import DirectoryCommands
+from vmfs.driver.handles import HandleTable, OpenFile
+from vmfs.driver.native import DIR_MODE
+from vmfs.driver.ordering import (
     NAMESPACE_READ,
     NAMESPACE_WRITE,
     READ,
@@ -41,8 +41,8 @@ from vmfs.ordering import (
     size_read,
     transfer_claims,
 )
-from vmfs.paths import RESOLVE, status_of
-from vmfs.request import Request, Steps
+from vmfs.driver.paths import RESOLVE, status_of
+from vmfs.driver.request import Request, Steps
 from vmfs.shm import Share
 from vmfs.uring import (
     AT_EMPTY_PATH,
@@ -61,7 +61,7 @@ from vmfs.uring import (
 )
 from vmfs.wire import MAX_FILE_OFFSET, Command, OpenFlags, Status
 
-log = logging.getLogger("vmfs.ops")
+log = logging.getLogger("vmfs.driver.ops")
 
 CREATE_FLAG = int(OpenFlags.CREATE)  # a plain int: IntFlag arithmetic is slow on the hot path
 
@@ -70,7 +70,7 @@ NAME_COMMANDS = frozenset(
     {Command.RENAME, Command.FILE_REMOVE, Command.DIR_CREATE, Command.DIR_REMOVE}
 )
 HANDLE_ONLY_COMMANDS = frozenset({Command.DIR_TELL, Command.DIR_CLOSE})
-LISTING_COMMANDS = frozenset(  # they read the live directory (vmfs.dirstream)
+LISTING_COMMANDS = frozenset(  # they read the live directory (vmfs.driver.dirstream)
     {Command.DIR_OPEN, Command.DIR_REWIND, Command.DIR_READ, Command.DIR_SEEK}
 )
 

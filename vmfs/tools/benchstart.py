@@ -26,7 +26,7 @@ from typing import Any
 
 import vmfs
 from vmfs.client import Client
-from vmfs.client_transport import LoopbackClientTransport, create_loopback_dir
+from vmfs.client.transport import LoopbackClientTransport, create_loopback_dir
 from vmfs.wire import FAST_PARAMS, PARAMS_SIZE, U64_MASK, Command, OpenFlags, Status
 
 COLDSTART = "coldstart"

@@ -71,7 +71,7 @@ class Journal:
 
     @property
     def mapping(self) -> mmap.mmap:
-        """The journal's memory, for the native loop's journal writes (vmfs.native)."""
+        """The journal's memory, for the native loop's journal writes (vmfs.driver.native)."""
         return self._map
 
     @property

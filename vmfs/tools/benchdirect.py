@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from vmfs._native import ffi, lib
-from vmfs.benchload import (
+from vmfs.tools.benchload import (
     DATA_FILE,
     MIX_DIR,
     READS,

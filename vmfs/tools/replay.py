@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from vmfs.client import LoopbackServer
+from vmfs.driver.trace import WORDS, build_tree, fields, output_length
 from vmfs.errors import UsageError, VmfsError
-from vmfs.trace import WORDS, build_tree, fields, output_length
 from vmfs.tracefile import Blob, Session, TraceError, read_trace
 from vmfs.wire import (
     COMPLETION_FAST,

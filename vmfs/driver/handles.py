@@ -6,7 +6,7 @@ same slot: a stale or forged value fails the lookup instead of reaching another 
 slot's first generation is random, so a driver restarted after a crash does not hand out the
 values its previous life did (the client may still hold those).
 
-The table itself lives in the native context (`vmfs.native.Context`, csrc/handles.c), so the
+The table itself lives in the native context (`vmfs.driver.native.Context`, csrc/handles.c), so the
 native serve loop and the Python engine see one table; this class is Python's view of it.
 """
 
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vmfs._native import lib
-from vmfs.dirstream import DirStream
+from vmfs.driver.dirstream import DirStream
 
 if TYPE_CHECKING:
-    from vmfs.native import Context
+    from vmfs.driver.native import Context
 
 _FILE = lib.VMFS_KIND_FILE
 _DIRECTORY = lib.VMFS_KIND_DIR
@@ -37,7 +37,7 @@ class OpenFile:
 @dataclass(slots=True)
 class OpenDirectory:
     fd: int
-    stream: DirStream  # the listing's position and its small read buffer (vmfs.dirstream)
+    stream: DirStream  # the listing's position and its small read buffer (vmfs.driver.dirstream)
 
 
 class HandleTable:
@@ -45,7 +45,7 @@ class HandleTable:
 
     def __init__(self, limit: int = 1024, context: Context | None = None) -> None:
         if context is None:
-            from vmfs.native import Context
+            from vmfs.driver.native import Context
 
             context = Context(limit)
         self.context = context

@@ -1,9 +1,10 @@
 """Recording command streams: the recorder `vmfs serve --record` attaches and the starting tree.
 
 The file format (version 2, and reading version 1) lives in `vmfs.tracefile`; replay in
-`vmfs.replay`. Everything the client gave (paths, write data, the starting tree) is recorded in
-full, so a session replays as it ran; what the driver produced (read data, stat records, names)
-keeps its first `cap` bytes and, when longer, its size and SHA-256, since replay recomputes it.
+`vmfs.tools.replay`. Everything the client gave (paths, write data, the starting tree) is
+recorded in full, so a session replays as it ran; what the driver produced (read data, stat
+records, names) keeps its first `cap` bytes and, when longer, its size and SHA-256, since
+replay recomputes it.
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from vmfs.benchload import DATA_FILE, ensure_data_file
+from vmfs.driver.mount import Mounter, MountError, mount_entry
 from vmfs.errors import VmfsError
-from vmfs.mount import Mounter, MountError, mount_entry
+from vmfs.tools.benchload import DATA_FILE, ensure_data_file
 
 LOOP_SET_DIRECT_IO = 0x4C08
 IMAGE = "cold.ext4"

@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from vmfs import fsm, journal, paths
+from vmfs import fsm
 from vmfs._native import ffi, lib
-from vmfs.refusals import NOT_REFUSALS
+from vmfs.driver import journal, paths
+from vmfs.driver.refusals import NOT_REFUSALS
 from vmfs.uring import MAX_IO
 from vmfs.wire import (
     ACCESS_MODE_MASK,

@@ -13,8 +13,8 @@ import select
 import time
 from pathlib import Path
 
-from vmfs.benchload import CMD, Recorder, Workload, wait_for_doorbell
 from vmfs.client import LoopbackServer
+from vmfs.tools.benchload import CMD, Recorder, Workload, wait_for_doorbell
 from vmfs.wire import COMPLETION_FAST, Command, Status, slot_offset
 
 LIST_DIR = "bench.list"

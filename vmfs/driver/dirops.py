@@ -1,10 +1,10 @@
 """The directory-handle commands: DIR_OPEN, DIR_CLOSE, DIR_READ, DIR_SEEK, DIR_TELL, DIR_REWIND.
 
 DIR_OPEN opens the directory and reads nothing; DIR_READ takes names from the handle's
-`vmfs.dirstream.DirStream`, which reads the directory a small chunk at a time, so neither the
+`vmfs.driver.dirstream.DirStream`, which reads the directory a small chunk at a time, so neither the
 size of a directory nor the number of open listings makes a command stall or memory grow beyond
 the handle limit's worth of small buffers. "." and ".." are never listed. Mixed into
-`vmfs.ops.Operations`, which supplies the share, the handles and path parsing.
+`vmfs.driver.ops.Operations`, which supplies the share, the handles and path parsing.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from vmfs import paths
 from vmfs._native import ffi, lib
-from vmfs.handles import HandleTable
-from vmfs.native import DIR_OPEN_FLAGS
-from vmfs.paths import RESOLVE, status_of
-from vmfs.request import Request, Steps
+from vmfs.driver import paths
+from vmfs.driver.handles import HandleTable
+from vmfs.driver.native import DIR_OPEN_FLAGS
+from vmfs.driver.paths import RESOLVE, status_of
+from vmfs.driver.request import Request, Steps
 from vmfs.shm import Share
 from vmfs.wire import DIR_READ_MIN_BUFFER, Status, buffer_ok
 

@@ -1,10 +1,10 @@
 """Where each call a command yields runs: at once on the driver thread, or on io_uring.
 
-One decision for every call (vmfs.ops yields them as tuples, vmfs.uring.perform runs them):
+One decision for every call (vmfs.driver.ops yields them as tuples, vmfs.uring.perform runs them):
 
 - at once when the request must not overlap anything (`synchronous`: no ring, or a command
   that touches everything), when this kernel's io_uring lacks the opcode, or when `try_now`
-  (vmfs.inline.Inline) says the call cannot wait on the disk and is cheaper done here;
+  (vmfs.driver.inline.Inline) says the call cannot wait on the disk and is cheaper done here;
 - otherwise on the ring, where the engine submits a batch with one system call.
 """
 

@@ -16,17 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmfs import fsm, inline, native, uring
+from vmfs import fsm, uring
 from vmfs._native import lib
-from vmfs.executor import Executor
-from vmfs.handles import HandleTable
-from vmfs.journal import HEADER_SIZE as JOURNAL_HEADER_SIZE
-from vmfs.journal import Journal
-from vmfs.ops import Operations
-from vmfs.queueport import QueuePort
-from vmfs.refusals import RefusalLog
+from vmfs.driver import inline, native
+from vmfs.driver.executor import Executor
+from vmfs.driver.handles import HandleTable
+from vmfs.driver.journal import HEADER_SIZE as JOURNAL_HEADER_SIZE
+from vmfs.driver.journal import Journal
+from vmfs.driver.ops import Operations
+from vmfs.driver.queueport import QueuePort
+from vmfs.driver.refusals import RefusalLog
+from vmfs.driver.stats import Counters
 from vmfs.shm import Share, SharedIndexWords
-from vmfs.stats import Counters
 from vmfs.uio import Transport
 from vmfs.wire import QueueView, Status
 
@@ -47,7 +48,7 @@ class Options:
     handle_limit: int = 1024
     state_dir: str | None = None
     inline_ops: frozenset[int] = frozenset()
-    fast_path: bool = True  # the native loop (vmfs.native) and inline calls (vmfs.inline)
+    fast_path: bool = True  # the native loop (driver.native) and inline calls (driver.inline)
     spin_us: int = 0  # the native loop polls the queue this long before it sleeps
     bounce: bool = False  # treat the share as device memory even on loopback (measuring)
 
@@ -70,7 +71,7 @@ class Driver:
         self.share = Share(transport.data, transport.direct_io and not options.bounce)
         self.mounter: Any = None
         if options.block_device:
-            from vmfs.mount import Mounter
+            from vmfs.driver.mount import Mounter
 
             self.mounter = Mounter(options.block_device, options.mount_point, options.sync_mount)
         self.ring: uring.Ring | None = None

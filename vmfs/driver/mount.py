@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-log = logging.getLogger("vmfs.mount")
+log = logging.getLogger("vmfs.driver.mount")
 
 SECTOR = 512
 PREFERRED_TYPES = ("ext4", "vfat")

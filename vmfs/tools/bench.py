@@ -22,10 +22,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
-from vmfs.benchcold import cold_root, cold_unavailable, drop_caches
-from vmfs.benchdirect import run_sync, run_uring
-from vmfs.benchlist import ensure_list_dir, run_list_direct, run_list_protocol
-from vmfs.benchload import (
+from vmfs.client import LoopbackServer
+from vmfs.errors import UsageError
+from vmfs.tools.benchcold import cold_root, cold_unavailable, drop_caches
+from vmfs.tools.benchdirect import run_sync, run_uring
+from vmfs.tools.benchlist import ensure_list_dir, run_list_direct, run_list_protocol
+from vmfs.tools.benchload import (
     COLD,
     DATA_FILE,
     MIX_DIR,
@@ -39,10 +41,8 @@ from vmfs.benchload import (
     proc_cpu,
     run_protocol,
 )
-from vmfs.benchstart import COLDSTART, run_coldstart
-from vmfs.benchstart import table as coldstart_table
-from vmfs.client import LoopbackServer
-from vmfs.errors import UsageError
+from vmfs.tools.benchstart import COLDSTART, run_coldstart
+from vmfs.tools.benchstart import table as coldstart_table
 from vmfs.tracefile import read_trace
 from vmfs.wire import Command
 

@@ -1,0 +1,1 @@
+"""What is not served: `vmfs bench`, `vmfs replay`, `vmfs diagram`, `vmfs demo`."""
