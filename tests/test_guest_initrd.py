@@ -60,11 +60,12 @@ def test_initrd_build_is_reproducible_and_fits_the_lionsos_window(
 def test_initrd_holds_the_driver_and_no_tooling(initrd: Path) -> None:
     names = set(_listing(initrd))
     assert {"init", "bin/busybox", "usr/bin/python3.11", "usr/bin/vmfs"} <= names
-    assert "usr/lib/python3.11/vmfs/driver.pyc" in names
+    assert "usr/lib/python3.11/vmfs/driver/process.pyc" in names
+    assert "usr/lib/python3.11/vmfs/driver/native.pyc" in names
     assert "usr/lib/python3.11/transitions/core.pyc" in names
     assert not [n for n in names if "/construct/" in n], "serving never imports construct"
     assert not [n for n in names if n.endswith(".py")], "sources shipped"
-    tooling = ("vmfs/guest", "vmfs/bench", "vmfs/diagram", "vmfs/demo", "tests/")
+    tooling = ("vmfs/guest", "vmfs/tools", "vmfs/client", "tests/")
     assert not [n for n in names if any(t in n for t in tooling)]
     assert "lib/aarch64-linux-gnu/libcrypto.so.3" not in names
     script = _member(initrd, "etc/init.d/S99fs_driver_init")
@@ -74,7 +75,7 @@ def test_initrd_holds_the_driver_and_no_tooling(initrd: Path) -> None:
 def test_initrd_probe_sees_what_serving_imports() -> None:
     names = probe_imports()
     assert {"vmfs.driver.process", "vmfs.uio", "transitions", "_cffi_backend"} <= names
-    assert not {"vmfs.tools.bench", "vmfs.tools.benchstart", "construct", "pdb"} & names
+    assert not {"vmfs.tools", "vmfs.tools.bench", "vmfs.client", "construct", "pdb"} & names
 
 
 def test_initrd_cli_serves_without_guest_tooling() -> None:
