@@ -3,7 +3,8 @@
 The lifecycle is declared once, as `transitions` machines (`request_machine()` and friends); the
 diagrams in diagrams/ are generated from those very objects. For speed, the request machine is
 compiled at start-up into a flat table indexed by (state, trigger); `tests/test_fsm.py` proves the
-table and the machine agree everywhere.
+table and the machine agree everywhere. The same table is handed to the native serve loop
+(vmfs.driver.native, csrc/serve.c), which moves its requests only along its edges.
 
 The batch loop (`Engine.pump`) takes every command it may (bounded by free completion slots),
 starts each one in queue order, submits what went to io_uring in one system call, reaps, writes
