@@ -187,6 +187,14 @@ static int vmfs_prep_pending(struct vmfs_ctx *c, uint32_t slot) {
     return 0;
 }
 
+static void vmfs_free_bounce(struct vmfs_ctx *c, struct vmfs_pending *q) {
+    if (q->bounce) c->bounce_held -= q->size;
+    free(q->bounce);
+    q->bounce = NULL;
+}
+
+static int vmfs_drain(struct vmfs_ctx *c);
+
 /* A FILE_READ whose data is not in memory goes on the ring, checked and journalled already. */
 static int vmfs_read_to_ring(struct vmfs_ctx *c, uint64_t index, uint64_t id, const uint64_t *p,
                              uint64_t started) {
@@ -205,9 +213,17 @@ static int vmfs_read_to_ring(struct vmfs_ctx *c, uint64_t index, uint64_t id, co
     q->buf_off = p[2];
     q->fd = c->handles.entries[hslot].fd;
     q->bounce = NULL;
-    if (c->device_memory && !(q->bounce = malloc(size))) return -1;
+    if (c->device_memory) {
+        /* Each read on the ring lands in a private buffer first: bounded, so a client queueing
+           big cold reads cannot make the driver hold more than the budget. */
+        if (size > c->bounce_size) return -1;
+        if (c->bounce_held + size > c->bounce_budget && vmfs_drain(c)) return -1;
+        if (!(q->bounce = malloc(size))) return -1;
+        c->bounce_held += size;
+        if (c->bounce_held > c->bounce_peak) c->bounce_peak = c->bounce_held;
+    }
     if (vmfs_prep_pending(c, slot) < 0) {
-        free(q->bounce);
+        vmfs_free_bounce(c, q);
         return -1;
     }
     c->in_flight++;
@@ -236,8 +252,7 @@ static int vmfs_reap_reads(struct vmfs_ctx *c) {
         }
         if (q->bounce) {
             if (q->done) vmfs_copy_aligned(c->share + q->buf_off, q->bounce, q->done);
-            free(q->bounce);
-            q->bounce = NULL;
+            vmfs_free_bounce(c, q);
         }
         if (vmfs_move(c, slot, c->f.reap)) ret = -1;
         vmfs_complete(c, q->index, q->id, c->f.cmd_file_read, status, status ? 0 : q->done,

@@ -153,6 +153,8 @@ struct vmfs_ctx {
     uint64_t share_size;
     char *bounce;
     uint64_t bounce_size;
+    uint64_t bounce_budget, bounce_held; /* device memory: private buffers of reads on the ring */
+    uint64_t bounce_peak;
     int device_memory, ring_available, memory_root;
     int root_fd, special_for, special;
     uint64_t io_known_for; /* the device whose I/O mode is io_known (VMFS_IO_*; 0: none) */

@@ -52,6 +52,7 @@ MAX_SLOTS = 1 << SLOT_BITS
 GENERATION_MASK = (1 << (31 - SLOT_BITS)) - 1
 ERRNO_TABLE = 256  # errnos C maps to statuses itself (the rest are ERROR, as status_of says)
 BOUNCE_SIZE = 1 << 20  # larger transfers on device memory go through the Python engine
+BOUNCE_BUDGET = 4 << 20  # at most this much private memory under cold reads on the ring
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 OPEN_BASE = os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
@@ -203,6 +204,7 @@ class Context:
         if not direct:
             c.bounce = self._keep_alive(_uncleared("char[]", BOUNCE_SIZE))
             c.bounce_size = BOUNCE_SIZE
+            c.bounce_budget = BOUNCE_BUDGET
 
     def attach_journal(self, mapping: Any, first_entry: int) -> None:
         """The restart journal's mapping; its entries start at byte `first_entry`."""
