@@ -1,5 +1,6 @@
-/* The driver's shared context (part of vmfs._native; filled by vmfs/driver/native.py). The same
-  declarations are in the cdef of vmfs/_native_build.py, which cffi checks against these. */
+/* The driver's shared context (part of vmfs._native; filled by vmfs/driver/native.py). These
+  declarations are also what vmfs/_native_build.py hands cffi as the cdef of the context, so
+  Python and C see one definition. */
 
 /* Facts of the protocol and of the request machine, copied from vmfs.wire / vmfs.fsm /
    vmfs.driver.journal / vmfs.driver.ops at start-up. */

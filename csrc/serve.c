@@ -280,24 +280,32 @@ static int vmfs_drain(struct vmfs_ctx *c) {
 
 /* -- the loop ---------------------------------------------------------------------------------- */
 
+/* Command `index`'s id, type and six parameter words, from one copy of its slot (aligned
+   accesses only on device memory). */
+static void vmfs_read_slot(const struct vmfs_ctx *c, uint64_t index, uint64_t *id, uint64_t *cmd,
+                           uint64_t *p) {
+    uint8_t message[c->f.message_size];
+    const uint8_t *src =
+        c->cmdq + c->f.header_size + (index % c->f.capacity) * c->f.message_size;
+    if (c->device_memory)
+        vmfs_copy_aligned(message, src, sizeof message);
+    else
+        memcpy(message, src, sizeof message);
+    memcpy(id, message + c->f.id_offset, 8);
+    memcpy(cmd, message + c->f.type_offset, 8);
+    memcpy(p, message + c->f.params_offset, 6 * sizeof *p);
+}
+
 /* Take and serve one batch: how many were taken; *code set when the loop must return. Reads
    that would wait for the disk go on the ring and overlap; any other command first waits for
    them (barrier_wait), so the client sees queue order. */
 static uint64_t vmfs_serve_batch(struct vmfs_ctx *c, int64_t n, int *code) {
     uint64_t taken = 0;
-    uint8_t message[c->f.message_size];
     for (; (int64_t)taken < n; taken++) {
         uint64_t index = c->next_take, id, cmd, p[6], data, started;
         uint32_t slot = (uint32_t)(index % c->f.capacity), status, done_by;
-        const uint8_t *src = c->cmdq + c->f.header_size + slot * c->f.message_size;
         int kind, served;
-        if (c->device_memory)
-            vmfs_copy_aligned(message, src, sizeof message);
-        else
-            memcpy(message, src, sizeof message);
-        memcpy(&id, message + c->f.id_offset, 8);
-        memcpy(&cmd, message + c->f.type_offset, 8);
-        memcpy(p, message + c->f.params_offset, sizeof p);
+        vmfs_read_slot(c, index, &id, &cmd, p);
         kind = cmd < c->f.num_commands ? c->native[cmd] : VMFS_NATIVE_NONE;
         if (kind == VMFS_NATIVE_NONE) {
             *code = VMFS_LOOP_PYTHON;
@@ -427,16 +435,7 @@ static int vmfs_serve(struct vmfs_ctx *c) {
    engine has already taken it and has nothing in flight). */
 static int vmfs_native_slot(struct vmfs_ctx *c, uint64_t index, uint32_t *status,
                             uint64_t *data) {
-    uint8_t message[c->f.message_size];
     uint64_t id, cmd, p[6];
-    const uint8_t *src =
-        c->cmdq + c->f.header_size + (index % c->f.capacity) * c->f.message_size;
-    if (c->device_memory)
-        vmfs_copy_aligned(message, src, sizeof message);
-    else
-        memcpy(message, src, sizeof message);
-    memcpy(&id, message + c->f.id_offset, 8);
-    memcpy(&cmd, message + c->f.type_offset, 8);
-    memcpy(p, message + c->f.params_offset, sizeof p);
+    vmfs_read_slot(c, index, &id, &cmd, p);
     return vmfs_native_command(c, index, id, cmd, p, status, data);
 }
