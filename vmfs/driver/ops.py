@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import Any
 
 from vmfs._native import ffi, lib
@@ -41,7 +41,7 @@ from vmfs.driver.ordering import (
     size_read,
     transfer_claims,
 )
-from vmfs.driver.paths import RESOLVE, status_of
+from vmfs.driver.paths import RESOLVE, PathRefused, status_of
 from vmfs.driver.request import Request, Steps
 from vmfs.shm import Share
 from vmfs.uring import (
@@ -346,26 +346,21 @@ class Operations(DirectoryCommands):
 
     # -- names --------------------------------------------------------------------------------
 
-    def _with_parent(
-        self, relative: bytes, on_root: Status
-    ) -> Generator[tuple[Any, ...], int, tuple[int, bytes] | Status]:
-        """Resolve the parent of `relative` inside the root: (parent fd, name) or a status."""
+    def _parent(self, relative: bytes, on_root: Status) -> tuple[int, bytes]:
+        """(O_PATH descriptor of the parent, final name) of `relative`, resolved inside the
+        root; the caller closes the descriptor. Raises PathRefused with the status to answer:
+        `on_root` when the path names the root itself, else the failed lookup's."""
         parent, name = paths.split(relative)
         if not name or (name == b".." and paths.resolves_to_root(self._root(), relative)):
-            return on_root
+            raise PathRefused(on_root)
         fd = paths.open_parent(self._root(), parent)
         if fd < 0:
-            return status_of(-fd)
+            raise PathRefused(status_of(-fd))
         return fd, name
-        yield  # a generator, so callers can `yield from` it uniformly
 
     def _name_op(self, req: Request, on_root: Status, make_call: Any, names: bool) -> Steps:
         relative = self._path(req.params[0], req.params[1])
-        target = yield from self._with_parent(relative, on_root)
-        if isinstance(target, Status):
-            req.finish(target)
-            return
-        fd, name = target
+        fd, name = self._parent(relative, on_root)
         try:
             res = yield make_call(fd, name)
         finally:
@@ -400,18 +395,15 @@ class Operations(DirectoryCommands):
         old_off, old_size, new_off, new_size = req.params
         old = self._path(old_off, old_size)
         new = self._path(new_off, new_size)
-        source = yield from self._with_parent(old, Status.SERVER_WAS_DENIED)
-        if isinstance(source, Status):
-            req.finish(source)
-            return
-        target = yield from self._with_parent(new, Status.SERVER_WAS_DENIED)
-        if isinstance(target, Status):
-            os.close(source[0])
-            req.finish(target)
-            return
+        source_fd, source_name = self._parent(old, Status.SERVER_WAS_DENIED)
         try:
-            res = yield (IORING_OP_RENAMEAT, source[0], source[1], target[0], target[1])
+            target_fd, target_name = self._parent(new, Status.SERVER_WAS_DENIED)
+        except PathRefused:
+            os.close(source_fd)
+            raise
+        try:
+            res = yield (IORING_OP_RENAMEAT, source_fd, source_name, target_fd, target_name)
         finally:
-            os.close(source[0])
-            os.close(target[0])
+            os.close(source_fd)
+            os.close(target_fd)
         req.finish(Status.SUCCESS if res >= 0 else status_of(-res, names_created=True))

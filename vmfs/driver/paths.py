@@ -23,7 +23,9 @@ ROOT = b"."
 
 
 class PathRefused(Exception):
-    """The path bytes are unusable (docs/protocol.md "Paths"); carries the status to report."""
+    """A command's path is refused before any call: the one way a refusal leaves a helper,
+    carrying the status to answer (INVALID_PATH for unusable bytes (docs/protocol.md "Paths"),
+    or what resolving the path said)."""
 
     def __init__(self, status: Status = Status.INVALID_PATH) -> None:
         super().__init__(status.name)
