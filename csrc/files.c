@@ -30,10 +30,14 @@ static int vmfs_statx(int dfd, const char *path, int flags, unsigned mask, struc
     return statx(dfd, path, flags, mask, out) < 0 ? -errno : 0;
 }
 
-/* The filesystem type of an open file (statfs f_type), to pick how its I/O is performed. */
-static long vmfs_fs_magic(int fd) {
+/* Whether an open file lives on a memory filesystem (tmpfs, ramfs): its I/O never waits for a
+   disk, so it is done at once rather than through io_uring. */
+#define VMFS_TMPFS_MAGIC 0x01021994
+#define VMFS_RAMFS_MAGIC 0x858458F6
+static int vmfs_memory_fs(int fd) {
     struct statfs s;
-    return fstatfs(fd, &s) < 0 ? -errno : (long)s.f_type;
+    if (fstatfs(fd, &s) < 0) return 0;
+    return s.f_type == VMFS_TMPFS_MAGIC || s.f_type == VMFS_RAMFS_MAGIC;
 }
 
 /* FILE_READ's loop in one call: read until n bytes or end of file; the count, or -errno when

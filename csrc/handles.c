@@ -18,15 +18,6 @@ enum {
    memory (nothing read, nothing changed): the loop may put it on the ring. */
 enum { VMFS_PUNT = 0, VMFS_ANSWERED = 1, VMFS_WOULD_BLOCK = 2 };
 
-#define VMFS_TMPFS_MAGIC 0x01021994
-#define VMFS_RAMFS_MAGIC 0x858458F6
-
-static int vmfs_memory_fs(int fd) {
-    struct statfs s;
-    if (fstatfs(fd, &s) < 0) return 0;
-    return s.f_type == VMFS_TMPFS_MAGIC || s.f_type == VMFS_RAMFS_MAGIC;
-}
-
 static int vmfs_buffer_ok(uint64_t offset, uint64_t size, uint64_t share_size) {
     return size > 0 && offset < share_size && size <= share_size - offset;
 }

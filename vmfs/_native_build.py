@@ -82,7 +82,7 @@ int vmfs_mount(const char *source, const char *target, const char *fstype, unsig
 int vmfs_umount2(const char *target, int flags);
 int vmfs_loop_attach(const char *path, uint64_t offset, uint64_t sizelimit, int read_only,
                      int *number);
-long vmfs_fs_magic(int fd);
+int vmfs_memory_fs(int fd);
 long vmfs_pread_full(int fd, char *buf, size_t n, uint64_t pos, int flags);
 long vmfs_pwrite_full(int fd, const char *buf, size_t n, uint64_t pos);
 

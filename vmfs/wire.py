@@ -13,6 +13,8 @@ import enum
 import struct
 from typing import Any, Protocol
 
+from vmfs._native import ffi, lib
+
 # Queue geometry (docs/protocol.md "Queue layout").
 QUEUE_CAPACITY = 511
 MESSAGE_SIZE = 64
@@ -231,6 +233,9 @@ def slot_offset(index: int) -> int:
     return QUEUE_HEADER_SIZE + (index % QUEUE_CAPACITY) * MESSAGE_SIZE
 
 
+_PROBLEM = ffi.new("int *")  # batch_limit's report of corrupt indices, reused
+
+
 def buffer_ok(offset: int, size: int, share_size: int) -> bool:
     """Whether a client's buffer lies inside the share (csrc/handles.c states the rule).
 
@@ -238,8 +243,6 @@ def buffer_ok(offset: int, size: int, share_size: int) -> bool:
     """
     if not (0 <= offset <= U64_MASK and 0 <= size <= U64_MASK and 0 <= share_size <= U64_MASK):
         return False
-    from vmfs._native import lib
-
     return bool(lib.vmfs_buffer_ok(offset, size, share_size))
 
 
@@ -257,9 +260,7 @@ def batch_limit(
     "Queue layout"). The rule is stated once, in C (csrc/serve.c), because the native serve
     loop applies it too.
     """
-    from vmfs._native import ffi, lib
-
-    problem = ffi.new("int *")
+    problem = _PROBLEM
     n = lib.vmfs_batch_limit(
         QUEUE_CAPACITY, head, next_take, tail, cmpl_tail, cmpl_head, outstanding, problem
     )

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmfs._native import lib
-from vmfs.driver.native import MEMORY_MAGICS
 from vmfs.uring import (
     IORING_OP_CLOSE,
     IORING_OP_FTRUNCATE,
@@ -26,6 +24,9 @@ from vmfs.uring import (
     perform,
 )
 
+if TYPE_CHECKING:
+    from vmfs.driver.native import Context
+
 NAMESPACE_CALLS = frozenset(
     {IORING_OP_MKDIRAT, IORING_OP_UNLINKAT, IORING_OP_RENAMEAT, IORING_OP_FTRUNCATE}
 )
@@ -34,17 +35,11 @@ NAMESPACE_CALLS = frozenset(
 class Inline:
     """For the ordinary path: perform a call now when it cannot block on I/O, else None."""
 
-    def __init__(self, root: Callable[[], int | None]) -> None:
-        self._root = root
-        self._root_fd: int | None = None
-        self._memory_root = False
+    def __init__(self, native: Context) -> None:
+        self._ctx = native.ctx  # its memory_root is kept with the served root
 
     def memory_root(self) -> bool:
-        fd = self._root()
-        if fd != self._root_fd:
-            self._root_fd = fd
-            self._memory_root = fd is not None and lib.vmfs_fs_magic(fd) in MEMORY_MAGICS
-        return self._memory_root
+        return bool(self._ctx.memory_root)
 
     def __call__(self, call: tuple[Any, ...]) -> int | None:
         op = call[0]

@@ -79,10 +79,9 @@ NATIVE_COMMANDS = {
 _uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 
 
-def machine_table() -> tuple[Any, dict[str, int]]:
+def machine_table() -> Any:
     """The compiled request machine as C reads it: table[state * triggers + trigger]."""
-    flat = [nxt for row in fsm.TABLE for nxt in row]
-    return ffi.new("int8_t[]", flat), {"nstates": len(fsm.TABLE), "ntriggers": len(fsm.TRIGGER)}
+    return ffi.new("int8_t[]", [nxt for row in fsm.TABLE for nxt in row])
 
 
 class Context:
@@ -95,7 +94,7 @@ class Context:
         self._keep: list[Any] = []
         self._exported: list[Any] = []
         self._fill_facts(c.f)
-        self.table = self._keep_alive(machine_table()[0])
+        self.table = self._keep_alive(machine_table())
         c.f.table = self.table
         c.f.nstates, c.f.ntriggers = len(fsm.TABLE), len(fsm.TRIGGER)
         c.f.idle, c.f.completed = fsm.IDLE, fsm.COMPLETED
@@ -191,7 +190,7 @@ class Context:
     @root_fd.setter
     def root_fd(self, fd: int | None) -> None:
         self.ctx.root_fd = -1 if fd is None else fd
-        self.ctx.memory_root = int(fd is not None and lib.vmfs_fs_magic(fd) in MEMORY_MAGICS)
+        self.ctx.memory_root = int(fd is not None and lib.vmfs_memory_fs(fd))
 
     def attach_share(self, share: Share) -> None:
         """The data region the commands' buffers point into (paths are read from it here)."""
@@ -244,8 +243,3 @@ class Context:
             0,
         )
         return buffer
-
-
-TMPFS_MAGIC = 0x01021994
-RAMFS_MAGIC = 0x858458F6
-MEMORY_MAGICS = frozenset({TMPFS_MAGIC, RAMFS_MAGIC})

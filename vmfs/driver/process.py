@@ -96,7 +96,7 @@ class Driver:
         self.native.ctx.spin_us = options.spin_us
         try_now = None
         if options.fast_path and self.ring is not None:
-            try_now = inline.Inline(lambda: self.root_fd)
+            try_now = inline.Inline(self.native)
         port = QueuePort(
             QueueView(transport.command, SharedIndexWords(transport.command)),
             QueueView(transport.completion, SharedIndexWords(transport.completion)),
