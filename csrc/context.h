@@ -20,9 +20,8 @@ struct vmfs_facts {
     const int8_t *table;
     uint32_t nstates, ntriggers;
     uint32_t idle, completed;
-    uint32_t take, answer, publish, submit, resubmit, reap, hold, run, hand_over;
+    uint32_t take, answer, publish, submit, resubmit, reap, hold, release, run, hand_over;
     uint64_t max_io;           /* the most one read call moves */
-    uint64_t cmd_file_read;
     const uint8_t *errno_status; /* errno -> status of a failed read (paths.status_of) */
     uint32_t errno_count;
 };
@@ -33,11 +32,14 @@ struct vmfs_refused {
     uint64_t params[6];
 };
 
-/* A FILE_READ on the ring. */
+/* A command on the ring: a FILE_READ, a FILE_OPEN or a FILE_CLOSE (op: VMFS_RING_*). */
 struct vmfs_pending {
-    uint64_t id, index, started, position, size, done, buf_off;
-    char *bounce; /* device memory: the data lands here first */
+    uint64_t id, index, cmd, started, position, size, done, buf_off;
+    uint64_t params[6];
+    uint64_t how[3];  /* a FILE_OPEN's struct open_how: flags, mode, resolve */
+    char *bounce;     /* device memory: the data lands here first */
     int32_t fd;
+    uint32_t op;
 };
 
 struct vmfs_handle {
@@ -94,6 +96,10 @@ struct vmfs_ctx {
     int ring_event_fd;       /* readable when the ring posts completions */
     struct vmfs_pending *pending; /* per queue slot */
     uint32_t in_flight;
+    uint32_t reads_in_flight;
+    uint32_t opens_in_flight;   /* each will take a handle slot when it completes */
+    char *ring_paths;           /* the paths of FILE_OPENs prepared but not yet submitted */
+    uint32_t ring_paths_used, ring_paths_cap;
     /* refusals since the loop last returned (for the refusal log) */
     struct vmfs_refused refused[16];
     uint32_t refused_count;

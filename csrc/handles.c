@@ -65,12 +65,12 @@ static int vmfs_handle_slot(const struct vmfs_ctx *c, uint64_t handle, int kind)
     return (int)slot;
 }
 
-/* Close a slot's descriptor, free its listing, and forget it: the next handle of the slot
-   differs. The close's result (0 or -errno). */
-static int vmfs_release(struct vmfs_ctx *c, int slot) {
+/* Forget a slot's handle, freeing its listing: the next handle of the slot differs. Its
+   descriptor, still open, for the caller to close. */
+static int vmfs_forget(struct vmfs_ctx *c, int slot) {
     struct vmfs_handles *t = &c->handles;
     struct vmfs_handle *h = &t->entries[slot];
-    int ret = close(h->fd) < 0 && errno != EINTR ? -errno : 0;
+    int fd = h->fd;
     free(h->dir);
     h->dir = NULL;
     h->kind = VMFS_KIND_FREE;
@@ -78,7 +78,12 @@ static int vmfs_release(struct vmfs_ctx *c, int slot) {
     t->generation[slot] = (t->generation[slot] % t->generation_mask) + 1;
     t->free_fifo[(t->free_first + t->free_count) % t->limit] = (uint32_t)slot;
     t->free_count++;
-    return ret;
+    return fd;
+}
+
+/* Forget a slot's handle and close its descriptor: the close's result (0 or -errno). */
+static int vmfs_release(struct vmfs_ctx *c, int slot) {
+    return close(vmfs_forget(c, slot)) < 0 && errno != EINTR ? -errno : 0;
 }
 
 static void vmfs_release_slot(struct vmfs_ctx *c, int slot) {
@@ -137,19 +142,29 @@ static long vmfs_share_path(const struct vmfs_ctx *c, uint64_t offset, uint64_t 
     return n;
 }
 
-/* Whether FILE_OPEN must look before it opens: the root's filesystem can hold FIFOs or device
-   nodes (every one but the FAT family). A nodev mount is not enough: opening a FIFO wakes its
-   writers. */
+/* Whether FILE_OPEN must look before it opens. Opening is what acts on a device node, so a
+   device node must never be opened; a FIFO or socket may be: the open does not block
+   (O_NONBLOCK) and whatever is not a regular file is closed again and refused (docs/protocol.md
+   "The commands"). Where the kernel itself refuses device nodes (a nodev mount, or a FAT
+   filesystem, which has none) and the open stays on that mount (RESOLVE_NO_XDEV: see
+   vmfs_open_resolve), no look is needed; anywhere else FILE_OPEN looks first. */
 #define VMFS_MSDOS_MAGIC 0x4d44    /* vfat and msdos */
 #define VMFS_EXFAT_MAGIC 0x2011BAB0
-static int vmfs_special_possible(struct vmfs_ctx *c, int root) {
+static int vmfs_open_looks(struct vmfs_ctx *c, int root) {
     struct statfs s;
     if (c->special_for != root) {
         c->special_for = root;
-        c->special = root >= 0 && !(fstatfs(root, &s) == 0 && (s.f_type == VMFS_MSDOS_MAGIC ||
-                                                              s.f_type == VMFS_EXFAT_MAGIC));
+        c->special = root >= 0 && !(fstatfs(root, &s) == 0 &&
+                                    ((s.f_flags & ST_NODEV) || s.f_type == VMFS_MSDOS_MAGIC ||
+                                     s.f_type == VMFS_EXFAT_MAGIC));
     }
     return c->special;
+}
+
+/* How FILE_OPEN's open resolves its path: inside the root, and, when it made no look, without
+   leaving the root's mount (a path that would is opened again by vmfs_open_again). */
+static uint64_t vmfs_open_resolve(struct vmfs_ctx *c, int root) {
+    return c->f.resolve | (vmfs_open_looks(c, root) ? 0 : RESOLVE_NO_XDEV);
 }
 
 /* What FILE_OPEN would open is a device node, FIFO or socket (never to be opened). A missing or
@@ -194,10 +209,22 @@ static uint32_t vmfs_check_open(struct vmfs_ctx *c, int root, const uint64_t *p,
     if (vmfs_share_path(c, p[0], p[1], path) < 0) return c->f.st_invalid_path;
     if ((p[2] & ~c->f.open_known) || access == 3) return c->f.st_error;
     if (!c->handles.free_count) return c->f.st_too_many_open_files;
-    if (vmfs_special_possible(c, root) && vmfs_not_regular(c, root, path)) return c->f.st_error;
+    if (vmfs_open_looks(c, root) && vmfs_not_regular(c, root, path)) return c->f.st_error;
     *linux_flags = c->f.open_base | access | (create ? O_CREAT : 0); /* 0/1/2 are Linux's too */
     *mode = create ? c->f.file_mode : 0; /* openat2 refuses a mode without O_CREAT */
     return 0;
+}
+
+/* FILE_OPEN after an open without a look failed with err: a path that names something other
+   than a regular file is refused as one (-EISDIR: ERROR, the protocol's answer for every such
+   kind), one that crosses into another mount is looked at and opened across it; any other
+   failure stands. A descriptor (>= 0) or -errno. */
+static int vmfs_open_again(struct vmfs_ctx *c, int root, const char *path, uint64_t flags,
+                           uint64_t mode, int err) {
+    if (vmfs_open_looks(c, root)) return -err; /* it looked before it opened */
+    if (vmfs_not_regular(c, root, path)) return -EISDIR;
+    if (err != EXDEV) return -err;
+    return vmfs_openat2(root, path, flags, mode, c->f.resolve);
 }
 
 /* FILE_OPEN after a successful open: a handle (>= 0), or -status with fd closed. */
@@ -309,10 +336,11 @@ static int vmfs_native_stat(struct vmfs_ctx *c, const uint64_t *p) {
 
 static int vmfs_native_open(struct vmfs_ctx *c, const uint64_t *p, uint64_t *data) {
     char path[c->f.max_path + 2];
-    uint64_t flags, mode, resolve = c->f.resolve;
+    uint64_t flags, mode, resolve;
     int64_t handle;
     int fd;
     if (c->root_fd < 0 || vmfs_check_open(c, c->root_fd, p, path, &flags, &mode)) return VMFS_PUNT;
+    resolve = vmfs_open_resolve(c, c->root_fd);
     if (!c->memory_root) {
         if (flags & O_CREAT) return VMFS_PUNT; /* RESOLVE_CACHED refuses O_CREAT: the ring */
         resolve |= RESOLVE_CACHED;              /* a lookup that would wait for the disk punts */
@@ -401,17 +429,15 @@ static int vmfs_native_name(struct vmfs_ctx *c, const uint64_t *p, int kind) {
     return ret < 0 ? VMFS_PUNT : VMFS_ANSWERED;
 }
 
-/* Serve the command whose parameters are p, if this native code takes it. */
-static int vmfs_native_command(struct vmfs_ctx *c, uint64_t index, uint64_t id, uint64_t cmd,
-                               const uint64_t *p, uint32_t *status, uint64_t *data) {
+/* The start of serving a command natively: its kind, journalled as started, or VMFS_NATIVE_NONE
+   when this code does not take it (nothing changed). */
+static int vmfs_native_start(struct vmfs_ctx *c, uint64_t index, uint64_t id, uint64_t cmd,
+                             const uint64_t *p) {
     int kind = cmd < c->f.num_commands ? c->native[cmd] : VMFS_NATIVE_NONE;
-    int answered;
-    *status = 0;
-    *data = 0;
-    if (kind == VMFS_NATIVE_NONE) return VMFS_PUNT;
+    if (kind == VMFS_NATIVE_NONE) return kind;
     if ((kind == VMFS_NATIVE_CLOSE && vmfs_handle_slot(c, p[0], VMFS_KIND_FILE) < 0) ||
         (kind == VMFS_NATIVE_DIR_CLOSE && vmfs_handle_slot(c, p[0], VMFS_KIND_DIR) < 0))
-        return VMFS_PUNT; /* INVALID_FD: the refusal is Python's to answer and log */
+        return VMFS_NATIVE_NONE; /* INVALID_FD: the refusal is Python's to answer and log */
     if (c->journal) {
         uint64_t *e = c->journal + (index % c->f.capacity) * c->f.journal_words;
         e[0] = index + 1;
@@ -419,6 +445,15 @@ static int vmfs_native_command(struct vmfs_ctx *c, uint64_t index, uint64_t id, 
         e[2] = e[3] = e[4] = 0;
     }
     if (c->crash_on_id && id == c->crash_on_id) _exit(c->crash_exit_code);
+    return kind;
+}
+
+/* Serve a started command of this kind at once. */
+static int vmfs_native_run(struct vmfs_ctx *c, int kind, const uint64_t *p, uint32_t *status,
+                           uint64_t *data) {
+    int answered;
+    *status = 0;
+    *data = 0;
     switch (kind) {
     case VMFS_NATIVE_READ: answered = vmfs_native_transfer(c, p, 0, data); break;
     case VMFS_NATIVE_WRITE: answered = vmfs_native_transfer(c, p, 1, data); break;
@@ -458,4 +493,13 @@ static int vmfs_native_command(struct vmfs_ctx *c, uint64_t index, uint64_t id, 
     default: answered = VMFS_PUNT;
     }
     return answered;
+}
+
+/* Serve the command whose parameters are p, if this native code takes it. */
+static int vmfs_native_command(struct vmfs_ctx *c, uint64_t index, uint64_t id, uint64_t cmd,
+                               const uint64_t *p, uint32_t *status, uint64_t *data) {
+    int kind = vmfs_native_start(c, index, id, cmd, p);
+    *status = 0;
+    *data = 0;
+    return kind == VMFS_NATIVE_NONE ? VMFS_PUNT : vmfs_native_run(c, kind, p, status, data);
 }

@@ -84,8 +84,10 @@ static uint32_t vmfs_log2_bucket(uint64_t value, uint32_t buckets) {
     return bucket < buckets ? bucket : buckets - 1;
 }
 
+/* Write a command's completion, journal phase and count (its latency is counted by the caller:
+   one clock read covers a batch, or a reap). */
 static void vmfs_complete(struct vmfs_ctx *c, uint64_t index, uint64_t id, uint64_t cmd,
-                          uint32_t status, uint64_t data, uint64_t started) {
+                          uint32_t status, uint64_t data) {
     uint8_t message[c->f.message_size];
     uint64_t status64 = status, row = cmd < c->f.num_commands ? cmd : c->f.num_commands;
     uint8_t *slot =
@@ -108,21 +110,26 @@ static void vmfs_complete(struct vmfs_ctx *c, uint64_t index, uint64_t id, uint6
     }
     c->cmpl_tail++;
     c->counts.by_command[row * c->f.num_statuses + status]++;
-    c->counts.latency[vmfs_log2_bucket(vmfs_now_ns() - started, c->counts.latency_buckets)]++;
+}
+
+static void vmfs_count_latency(struct vmfs_ctx *c, uint64_t started, uint64_t now, uint64_t n) {
+    c->counts.latency[vmfs_log2_bucket(now - started, c->counts.latency_buckets)] += n;
 }
 
 /* Keep a refusal for the refusal log; 0 when the buffer is full (the loop must return). */
 static int vmfs_note_refusal(struct vmfs_ctx *c, uint64_t index, uint64_t id, uint64_t cmd,
                              uint32_t status, const uint64_t *p) {
     struct vmfs_refused *r;
+    const uint32_t room = sizeof c->refused / sizeof c->refused[0];
     if (!c->refusal[status]) return 1;
+    if (c->refused_count >= room) return 0; /* several reaped at once: the log misses this one */
     r = &c->refused[c->refused_count++];
     r->index = index;
     r->id = id;
     r->cmd = cmd;
     r->status = status;
     memcpy(r->params, p, sizeof r->params);
-    return c->refused_count < sizeof c->refused / sizeof c->refused[0];
+    return c->refused_count < room;
 }
 
 static void vmfs_notify(const struct vmfs_ctx *c) {
@@ -164,23 +171,59 @@ static void vmfs_acknowledge(const struct vmfs_ctx *c) {
         ignored = write(c->irq_fd, &enable, sizeof enable); /* unmask the interrupt */
         (void)ignored;
     } else {
-        while (read(c->irq_fd, drain, sizeof drain) > 0) {
-        }
+        while (read(c->irq_fd, drain, sizeof drain) == (ssize_t)sizeof drain) {
+        } /* a short read emptied the FIFO */
     }
 }
 
-/* -- reads on the ring ------------------------------------------------------------------------ */
+/* -- commands on the ring ----------------------------------------------------------------------
+   A FILE_READ whose data is not in memory, and FILE_OPEN and FILE_CLOSE, go on the ring: they
+   overlap, and a batch of them costs one system call. Each is checked and journalled first and
+   answered when its completion is reaped. */
+
+enum { VMFS_RING_READ = 0, VMFS_RING_OPEN = 1, VMFS_RING_CLOSE = 2 };
+/* What vmfs_native_command did besides VMFS_PUNT / ANSWERED / WOULD_BLOCK: it is on the ring. */
+enum { VMFS_ON_RING = 3 };
+
+/* Submit what is prepared. Once the submission queue is empty the kernel has copied every
+   FILE_OPEN's path and open_how, so their path buffers are free again. */
+static void vmfs_ring_submit(struct vmfs_ctx *c) {
+    io_uring_submit(c->ring);
+    if (!io_uring_sq_ready(c->ring)) c->ring_paths_used = 0;
+}
+
+/* A submission entry, submitting what is prepared when the queue is full; NULL if none. */
+static struct io_uring_sqe *vmfs_sqe(struct vmfs_ctx *c) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(c->ring);
+    if (!sqe) {
+        vmfs_ring_submit(c);
+        sqe = io_uring_get_sqe(c->ring);
+    }
+    return sqe;
+}
+
+static struct vmfs_pending *vmfs_pending_for(struct vmfs_ctx *c, uint32_t op, uint64_t index,
+                                             uint64_t id, uint64_t cmd, const uint64_t *p,
+                                             uint64_t started) {
+    struct vmfs_pending *q = &c->pending[index % c->f.capacity];
+    q->op = op;
+    q->id = id;
+    q->index = index;
+    q->cmd = cmd;
+    q->started = started;
+    memcpy(q->params, p, sizeof q->params);
+    q->bounce = NULL;
+    q->fd = -1;
+    return q;
+}
 
 /* Queue the rest of a pending read; 0, or -1 when the submission queue has no room. */
 static int vmfs_prep_pending(struct vmfs_ctx *c, uint32_t slot) {
     struct vmfs_pending *q = &c->pending[slot];
     uint64_t want = q->size - q->done;
     char *buf = q->bounce ? q->bounce + q->done : (char *)c->share + q->buf_off + q->done;
-    struct io_uring_sqe *sqe = io_uring_get_sqe(c->ring);
-    if (!sqe) {
-        io_uring_submit(c->ring);
-        if (!(sqe = io_uring_get_sqe(c->ring))) return -1;
-    }
+    struct io_uring_sqe *sqe = vmfs_sqe(c);
+    if (!sqe) return -1;
     io_uring_prep_read(sqe, q->fd, buf, (unsigned)(want < c->f.max_io ? want : c->f.max_io),
                        q->position + q->done);
     io_uring_sqe_set_data64(sqe, slot);
@@ -196,23 +239,20 @@ static void vmfs_free_bounce(struct vmfs_ctx *c, struct vmfs_pending *q) {
 static int vmfs_drain(struct vmfs_ctx *c);
 
 /* A FILE_READ whose data is not in memory goes on the ring, checked and journalled already. */
-static int vmfs_read_to_ring(struct vmfs_ctx *c, uint64_t index, uint64_t id, const uint64_t *p,
-                             uint64_t started) {
+static int vmfs_read_to_ring(struct vmfs_ctx *c, uint64_t index, uint64_t id, uint64_t cmd,
+                             const uint64_t *p, uint64_t started) {
     uint32_t slot = (uint32_t)(index % c->f.capacity);
-    struct vmfs_pending *q = &c->pending[slot];
     int hslot = vmfs_handle_slot(c, p[0], VMFS_KIND_FILE);
     uint64_t size = p[3];
+    struct vmfs_pending *q;
     if (hslot < 0) return -1;
     if (size > c->f.max_file_offset - 1 - p[1]) size = c->f.max_file_offset - 1 - p[1];
-    q->id = id;
-    q->index = index;
-    q->started = started;
+    q = vmfs_pending_for(c, VMFS_RING_READ, index, id, cmd, p, started);
     q->position = p[1];
     q->size = size;
     q->done = 0;
     q->buf_off = p[2];
     q->fd = c->handles.entries[hslot].fd;
-    q->bounce = NULL;
     if (c->device_memory) {
         /* Each read on the ring lands in a private buffer first: bounded, so a client queueing
            big cold reads cannot make the driver hold more than the budget. */
@@ -227,53 +267,139 @@ static int vmfs_read_to_ring(struct vmfs_ctx *c, uint64_t index, uint64_t id, co
         return -1;
     }
     c->in_flight++;
+    c->reads_in_flight++;
     return 0;
 }
 
-/* Take every completion the ring has posted: finish reads, queue the rest of short ones. */
-static int vmfs_reap_reads(struct vmfs_ctx *c) {
+/* Whether FILE_OPEN p can go on the ring now: not a create (the kernel would run it on a
+   worker), a handle slot for it when it completes, a buffer for its path until submitted. */
+static int vmfs_open_fits_ring(const struct vmfs_ctx *c, const uint64_t *p) {
+    return c->ring && c->root_fd >= 0 && !(p[2] & c->f.open_create) &&
+           c->handles.free_count > c->opens_in_flight && c->ring_paths_used < c->ring_paths_cap;
+}
+
+/* FILE_OPEN on the ring: the checks of vmfs_check_open, then the open. VMFS_ON_RING, or
+   VMFS_PUNT with nothing changed. */
+static int vmfs_open_to_ring(struct vmfs_ctx *c, uint64_t index, uint64_t id, uint64_t cmd,
+                             const uint64_t *p, uint64_t started) {
+    uint32_t used = c->ring_paths_used;
+    char *path = c->ring_paths + (size_t)used * (c->f.max_path + 2);
+    uint64_t flags, mode;
+    struct io_uring_sqe *sqe;
+    struct vmfs_pending *q;
+    if (vmfs_check_open(c, c->root_fd, p, path, &flags, &mode)) return VMFS_PUNT;
+    if (!(sqe = vmfs_sqe(c))) return VMFS_PUNT;
+    q = vmfs_pending_for(c, VMFS_RING_OPEN, index, id, cmd, p, started);
+    q->how[0] = flags;
+    q->how[1] = mode;
+    q->how[2] = vmfs_open_resolve(c, c->root_fd);
+    io_uring_prep_openat2(sqe, c->root_fd, path, (struct open_how *)q->how);
+    io_uring_sqe_set_data64(sqe, index % c->f.capacity);
+    c->ring_paths_used = used + 1; /* a submit in vmfs_sqe may have reset it: this one is kept */
+    c->in_flight++;
+    c->opens_in_flight++;
+    return VMFS_ON_RING;
+}
+
+/* FILE_CLOSE on the ring: the handle is gone at once, its descriptor closes on the ring. */
+static int vmfs_close_to_ring(struct vmfs_ctx *c, uint64_t index, uint64_t id, uint64_t cmd,
+                              const uint64_t *p, uint64_t started) {
+    int hslot = vmfs_handle_slot(c, p[0], VMFS_KIND_FILE);
+    struct io_uring_sqe *sqe;
+    struct vmfs_pending *q;
+    if (hslot < 0 || !(sqe = vmfs_sqe(c))) return VMFS_PUNT;
+    q = vmfs_pending_for(c, VMFS_RING_CLOSE, index, id, cmd, p, started);
+    q->fd = vmfs_forget(c, hslot);
+    io_uring_prep_close(sqe, q->fd);
+    io_uring_sqe_set_data64(sqe, index % c->f.capacity);
+    c->in_flight++;
+    return VMFS_ON_RING;
+}
+
+/* Whether a command may be served while others are on the ring, or must wait for them (the
+   barrier): reads, opens and closes are independent of each other, except that a close must
+   not overtake a read that may still be resubmitted on the descriptor it closes. */
+static int vmfs_joins_ring(const struct vmfs_ctx *c, int kind, const uint64_t *p) {
+    switch (kind) {
+    case VMFS_NATIVE_READ: return 1;
+    case VMFS_NATIVE_OPEN: return vmfs_open_fits_ring(c, p);
+    case VMFS_NATIVE_CLOSE: return c->ring && !c->reads_in_flight;
+    default: return 0;
+    }
+}
+
+/* A FILE_OPEN's answer from its completion: the handle, or the status. */
+static uint32_t vmfs_open_reaped(struct vmfs_ctx *c, const struct vmfs_pending *q, int res,
+                                 uint64_t *data) {
+    char path[c->f.max_path + 2];
+    int fd = res;
+    int64_t handle;
+    c->opens_in_flight--;
+    if (fd < 0 && vmfs_share_path(c, q->params[0], q->params[1], path) >= 0)
+        fd = vmfs_open_again(c, c->root_fd, path, q->how[0], q->how[1], -fd);
+    if (fd < 0) return (uint32_t)-fd < c->f.errno_count ? c->f.errno_status[-fd] : c->f.st_error;
+    handle = vmfs_open_finish(c, fd, q->params[2]);
+    if (handle < 0) return (uint32_t)-handle;
+    *data = (uint64_t)handle;
+    return 0;
+}
+
+/* Take every completion the ring has posted: answer its command, or queue the rest of a short
+   read. */
+static int vmfs_reap_ring(struct vmfs_ctx *c) {
     struct io_uring_cqe *cqe;
     unsigned head, seen = 0, again = 0;
     int ret = 0;
+    uint64_t now = vmfs_now_ns();
     io_uring_for_each_cqe(c->ring, head, cqe) {
         uint32_t slot = (uint32_t)cqe->user_data, status = 0;
         struct vmfs_pending *q = &c->pending[slot];
+        uint64_t data = 0;
         int res = cqe->res;
         seen++;
-        if (res > 0) {
-            q->done += (uint64_t)res;
-            if (q->done < q->size) {
-                if (vmfs_move(c, slot, c->f.resubmit) || vmfs_prep_pending(c, slot) < 0) ret = -1;
-                again++;
-                continue;
+        if (q->op == VMFS_RING_OPEN) {
+            status = vmfs_open_reaped(c, q, res, &data);
+        } else if (q->op == VMFS_RING_CLOSE) {
+            status = res < 0 && res != -EINTR ? c->f.st_error : 0;
+        } else {
+            if (res > 0) {
+                q->done += (uint64_t)res;
+                if (q->done < q->size) {
+                    if (vmfs_move(c, slot, c->f.resubmit) || vmfs_prep_pending(c, slot) < 0)
+                        ret = -1;
+                    again++;
+                    continue;
+                }
+            } else if (res < 0 && !q->done) {
+                status = (uint32_t)-res < c->f.errno_count ? c->f.errno_status[-res]
+                                                           : c->f.st_error;
             }
-        } else if (res < 0 && !q->done) {
-            status = (uint32_t)-res < c->f.errno_count ? c->f.errno_status[-res] : c->f.st_error;
-        }
-        if (q->bounce) {
-            if (q->done) vmfs_copy_aligned(c->share + q->buf_off, q->bounce, q->done);
-            vmfs_free_bounce(c, q);
+            if (q->bounce) {
+                if (q->done) vmfs_copy_aligned(c->share + q->buf_off, q->bounce, q->done);
+                vmfs_free_bounce(c, q);
+            }
+            data = status ? 0 : q->done;
+            c->reads_in_flight--;
         }
         if (vmfs_move(c, slot, c->f.reap)) ret = -1;
-        vmfs_complete(c, q->index, q->id, c->f.cmd_file_read, status, status ? 0 : q->done,
-                      q->started);
+        vmfs_complete(c, q->index, q->id, q->cmd, status, data);
+        vmfs_count_latency(c, q->started, now, 1);
+        c->served++;
         c->in_flight--;
-        if (status) {
-            uint64_t params[6] = { 0, q->position, q->buf_off, q->size, 0, 0 };
-            vmfs_note_refusal(c, q->index, q->id, c->f.cmd_file_read, status, params);
-        }
+        if (status) vmfs_note_refusal(c, q->index, q->id, q->cmd, status, q->params);
     }
     io_uring_cq_advance(c->ring, seen);
-    if (again) io_uring_submit(c->ring); /* the rest of short reads: queued, now submitted */
+    if (again) vmfs_ring_submit(c); /* the rest of short reads: queued, now submitted */
     return ret;
 }
 
-/* The barrier: every read on the ring finished and answered. */
+/* The barrier: every command on the ring finished and answered. */
 static int vmfs_drain(struct vmfs_ctx *c) {
     while (c->in_flight) {
         int ret = io_uring_submit_and_wait(c->ring, 1);
         if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) return -1;
-        if (vmfs_reap_reads(c)) return -1;
+        if (!io_uring_sq_ready(c->ring)) c->ring_paths_used = 0;
+        if (vmfs_reap_ring(c)) return -1;
     }
     return 0;
 }
@@ -300,10 +426,10 @@ static void vmfs_read_slot(const struct vmfs_ctx *c, uint64_t index, uint64_t *i
    that would wait for the disk go on the ring and overlap; any other command first waits for
    them (barrier_wait), so the client sees queue order. */
 static uint64_t vmfs_serve_batch(struct vmfs_ctx *c, int64_t n, int *code) {
-    uint64_t taken = 0;
+    uint64_t taken = 0, answered = 0, started = vmfs_now_ns();
     for (; (int64_t)taken < n; taken++) {
-        uint64_t index = c->next_take, id, cmd, p[6], data, started;
-        uint32_t slot = (uint32_t)(index % c->f.capacity), status, done_by;
+        uint64_t index = c->next_take, id, cmd, p[6], data;
+        uint32_t slot = (uint32_t)(index % c->f.capacity), status = 0, done_by, ring_by;
         int kind, served;
         vmfs_read_slot(c, index, &id, &cmd, p);
         kind = cmd < c->f.num_commands ? c->native[cmd] : VMFS_NATIVE_NONE;
@@ -311,24 +437,35 @@ static uint64_t vmfs_serve_batch(struct vmfs_ctx *c, int64_t n, int *code) {
             *code = VMFS_LOOP_PYTHON;
             break;
         }
-        started = vmfs_now_ns();
         if (vmfs_move(c, slot, c->f.take)) {
             *code = VMFS_LOOP_ILLEGAL;
             break;
         }
         done_by = c->f.answer;
-        if (c->in_flight && kind != VMFS_NATIVE_READ) {
+        ring_by = c->f.submit;
+        if (c->in_flight && !vmfs_joins_ring(c, kind, p)) {
             if (vmfs_move(c, slot, c->f.hold) || vmfs_drain(c)) {
                 *code = VMFS_LOOP_ILLEGAL;
                 break;
             }
             done_by = c->f.run;
+            ring_by = c->f.release;
         }
-        served = vmfs_native_command(c, index, id, cmd, p, &status, &data);
+        served = VMFS_PUNT;
+        if (vmfs_native_start(c, index, id, cmd, p)) {
+            if (kind == VMFS_NATIVE_OPEN && vmfs_joins_ring(c, kind, p))
+                served = vmfs_open_to_ring(c, index, id, cmd, p, started);
+            else if (kind == VMFS_NATIVE_CLOSE && vmfs_joins_ring(c, kind, p))
+                served = vmfs_close_to_ring(c, index, id, cmd, p, started);
+            else
+                served = vmfs_native_run(c, kind, p, &status, &data);
+        }
         if (served == VMFS_WOULD_BLOCK && c->ring &&
-            vmfs_read_to_ring(c, index, id, p, started) == 0) {
+            vmfs_read_to_ring(c, index, id, cmd, p, started) == 0)
+            served = VMFS_ON_RING;
+        if (served == VMFS_ON_RING) {
             c->next_take = index + 1;
-            if (vmfs_move(c, slot, c->f.submit)) {
+            if (vmfs_move(c, slot, ring_by)) {
                 *code = VMFS_LOOP_ILLEGAL;
                 taken++;
                 break;
@@ -345,7 +482,8 @@ static uint64_t vmfs_serve_batch(struct vmfs_ctx *c, int64_t n, int *code) {
             *code = VMFS_LOOP_ILLEGAL;
             break;
         }
-        vmfs_complete(c, index, id, cmd, status, data, started);
+        vmfs_complete(c, index, id, cmd, status, data);
+        answered++;
         c->next_take = index + 1;
         c->served++;
         if (!vmfs_note_refusal(c, index, id, cmd, status, p)) {
@@ -354,6 +492,7 @@ static uint64_t vmfs_serve_batch(struct vmfs_ctx *c, int64_t n, int *code) {
             break;
         }
     }
+    if (answered) vmfs_count_latency(c, started, vmfs_now_ns(), answered);
     return taken;
 }
 
@@ -380,8 +519,8 @@ static int vmfs_serve(struct vmfs_ctx *c) {
         if (problem) return vmfs_leave(c, VMFS_LOOP_QUEUE);
         if (n > 0) {
             uint64_t taken = vmfs_serve_batch(c, n, &code);
-            if (c->in_flight) io_uring_submit(c->ring);
-            if (c->in_flight && vmfs_reap_reads(c)) return vmfs_leave(c, VMFS_LOOP_ILLEGAL);
+            if (c->in_flight) vmfs_ring_submit(c);
+            if (c->in_flight && vmfs_reap_ring(c)) return vmfs_leave(c, VMFS_LOOP_ILLEGAL);
             if (vmfs_publish(c)) return vmfs_leave(c, VMFS_LOOP_ILLEGAL);
             if (taken) {
                 c->counts.batches[vmfs_log2_bucket(taken, c->counts.batch_buckets)]++;
@@ -405,7 +544,7 @@ static int vmfs_serve(struct vmfs_ctx *c) {
         }
         if (c->in_flight) {
             io_uring_get_events(c->ring); /* completions waiting in task work are posted now */
-            if (vmfs_reap_reads(c) || vmfs_publish(c)) return vmfs_leave(c, VMFS_LOOP_ILLEGAL);
+            if (vmfs_reap_ring(c) || vmfs_publish(c)) return vmfs_leave(c, VMFS_LOOP_ILLEGAL);
             if (!c->in_flight) continue;
         }
         fds[0].fd = c->irq_fd;
@@ -426,7 +565,7 @@ static int vmfs_serve(struct vmfs_ctx *c) {
         if (c->in_flight) {
             uint64_t events;
             if (nfds == 3 && fds[2].revents && read(c->ring_event_fd, &events, 8) < 0) events = 0;
-            if (vmfs_reap_reads(c) || vmfs_publish(c)) return vmfs_leave(c, VMFS_LOOP_ILLEGAL);
+            if (vmfs_reap_ring(c) || vmfs_publish(c)) return vmfs_leave(c, VMFS_LOOP_ILLEGAL);
         }
     }
 }

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
-import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ from hostile_helpers import (
 )
 
 from vmfs.client import Client, LoopbackServer
-from vmfs.wire import Command, Status
+from vmfs.wire import Command
 
 SUCCESS, ERROR, INVALID_PATH = 0, 1, 3
 SERVER_WAS_DENIED, NO_FILE, NOT_DIRECTORY, ALREADY_EXISTS = 9, 15, 16, 17
@@ -445,32 +444,3 @@ def test_many_dotdots_and_slashes(jail: Jail) -> None:
     assert jail.read_all(opened.data) == b"inside data\n"
     assert jail.client.close(opened.data).ok
     assert jail.client.stat(b"/" * 4000 + b"inside.txt")[0].ok
-
-
-def test_file_open_never_opens_a_fifo_or_device_node(tmp_path: Path) -> None:
-    """FILE_OPEN looks before it opens: a FIFO's writer stays blocked (no reader ever came)."""
-    root = tmp_path / "root"
-    root.mkdir()
-    fifo = root / "pipe"
-    os.mkfifo(fifo)
-    os.mknod(root / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
-    opened = threading.Event()
-
-    def writer() -> None:
-        fd = os.open(fifo, os.O_WRONLY)  # blocks until somebody opens the FIFO for reading
-        opened.set()
-        os.close(fd)
-
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
-    with LoopbackServer(root=root, directory=tmp_path / "loop") as srv:
-        client = srv.client
-        assert client.initialise().ok
-        for flags in (0, 2, 2 | 4):
-            assert client.open("/pipe", flags).status == Status.ERROR
-            assert client.open("/null", flags).status == Status.ERROR
-        assert not opened.wait(0.5), "the driver opened the FIFO"
-    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-    assert opened.wait(5)
-    os.close(reader)
-    thread.join(5)

@@ -130,6 +130,10 @@ uint32_t vmfs_check_transfer(const struct vmfs_ctx *c, const uint64_t *p, int wr
 uint32_t vmfs_check_stat(const struct vmfs_ctx *c, const uint64_t *p, char *path);
 uint32_t vmfs_check_open(struct vmfs_ctx *c, int root, const uint64_t *p, char *path,
                          uint64_t *linux_flags, uint64_t *mode);
+int vmfs_open_looks(struct vmfs_ctx *c, int root);
+uint64_t vmfs_open_resolve(struct vmfs_ctx *c, int root);
+int vmfs_open_again(struct vmfs_ctx *c, int root, const char *path, uint64_t flags,
+                    uint64_t mode, int err);
 int64_t vmfs_open_finish(struct vmfs_ctx *c, int fd, uint64_t flags);
 uint32_t vmfs_close_handle(struct vmfs_ctx *c, uint64_t handle, int kind);
 void vmfs_release_slot(struct vmfs_ctx *c, int slot);
@@ -164,6 +168,7 @@ PRELUDE = r"""
 #include <time.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>

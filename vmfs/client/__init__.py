@@ -157,10 +157,14 @@ class Client:
         return {cid: len(q) for cid, q in self._arrived.items()}
 
     def call(self, cmd: Command, **fields: Any) -> Completion:
-        params = PARAMS[cmd].build(fields) if PARAMS[cmd].subcons else b""
-        cmd_id = self.send(cmd, params)
+        cmd_id = self.call_later(cmd, **fields)
         self.signal()
         return self.wait(cmd_id)
+
+    def call_later(self, cmd: Command, **fields: Any) -> int:
+        """Queue a command without signalling: its id, to `wait` for after a `signal`."""
+        params = PARAMS[cmd].build(fields) if PARAMS[cmd].subcons else b""
+        return self.send(cmd, params)
 
     # -- the share ----------------------------------------------------------------------------
 

@@ -55,6 +55,8 @@ BOUNCE_SIZE = 1 << 20  # larger transfers on device memory go through the Python
 BOUNCE_BUDGET = 4 << 20  # at most this much private memory under cold reads on the ring
 FILE_MODE = 0o644
 DIR_MODE = 0o755
+# FILE_OPENs the loop prepares on the ring before it submits them (each holds a path buffer).
+RING_PATHS = 32
 OPEN_BASE = os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 DIR_OPEN_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NONBLOCK
 
@@ -106,6 +108,7 @@ class Context:
             "resubmit",
             "reap",
             "hold",
+            "release",
             "run",
             "hand_over",
         ):
@@ -113,7 +116,7 @@ class Context:
         errno_status = [paths.status_of(err) for err in range(ERRNO_TABLE)]
         c.f.errno_status = self._keep_alive(ffi.new("uint8_t[]", errno_status))
         c.f.errno_count = ERRNO_TABLE
-        c.f.max_io, c.f.cmd_file_read = MAX_IO, Command.FILE_READ
+        c.f.max_io = MAX_IO
         self.pending = self._keep_alive(ffi.new("struct vmfs_pending[]", QUEUE_CAPACITY))
         c.pending = self.pending
         c.ring, c.ring_event_fd = ffi.NULL, -1
@@ -192,6 +195,11 @@ class Context:
         self.ctx.root_fd = -1 if fd is None else fd
         self.ctx.memory_root = int(fd is not None and lib.vmfs_memory_fs(fd))
 
+    def open_looks(self) -> bool:
+        """Whether FILE_OPEN looks at its target before opening it: the root may hold device
+        nodes (not a nodev mount, not FAT), which only a look keeps from being opened."""
+        return self.root_fd is not None and bool(lib.vmfs_open_looks(self.ctx, self.root_fd))
+
     def attach_share(self, share: Share) -> None:
         """The data region the commands' buffers point into (paths are read from it here)."""
         view, direct = share.view, share.direct
@@ -232,6 +240,8 @@ class Context:
         """The io_uring the loop puts reads that would wait for the disk on, and its eventfd."""
         self.ctx.ring = ring
         self.ctx.ring_event_fd = event_fd
+        paths = self._keep_alive(ffi.new("char[]", RING_PATHS * (MAX_PATH_LENGTH + 2)))
+        self.ctx.ring_paths, self.ctx.ring_paths_cap = paths, RING_PATHS
         self._keep.append(ring)
 
     def record_transitions(self, capacity: int) -> Any:

@@ -209,13 +209,16 @@ class Operations(DirectoryCommands):
         if status:
             req.finish(status)
             return
-        relative = ffi.string(path)
+        relative, linux_flags, mode = ffi.string(path), how[0], how[1]
         flags, create = req.params[2], bool(req.params[2] & CREATE_FLAG)
+        resolve = lib.vmfs_open_resolve(self.ctx, -1 if root is None else root)
         self.opening += 1
         try:
-            fd = yield (IORING_OP_OPENAT2, root, relative, how[0], how[1], RESOLVE)
+            fd = yield (IORING_OP_OPENAT2, root, relative, linux_flags, mode, resolve)
         finally:
             self.opening -= 1
+        if fd < 0 and root is not None:
+            fd = lib.vmfs_open_again(self.ctx, root, relative, linux_flags, mode, -fd)
         if fd < 0:
             req.finish(status_of(-fd, names_created=create))
             return

@@ -217,6 +217,11 @@ class Driver:
             self.mount_state.mount_failed()
             return Status.ERROR
         log.info("initialised: serving %s", self.served_root)
+        if self.native.open_looks():
+            log.info(
+                "%s may hold device nodes (not mounted nodev): FILE_OPEN looks before each open",
+                self.served_root,
+            )
         return Status.SUCCESS
 
     def deinitialise(self) -> Status:
