@@ -32,14 +32,15 @@ struct vmfs_refused {
     uint64_t params[6];
 };
 
-/* A command on the ring: a FILE_READ, a FILE_OPEN or a FILE_CLOSE (op: VMFS_RING_*). */
+/* A command on the ring: a FILE_READ, FILE_OPEN, FILE_CLOSE or STAT (op: VMFS_RING_*). */
 struct vmfs_pending {
     uint64_t id, index, cmd, started, position, size, done, buf_off;
     uint64_t params[6];
-    uint64_t how[3];  /* a FILE_OPEN's struct open_how: flags, mode, resolve */
+    uint64_t how[3];  /* an open's struct open_how: flags, mode, resolve */
     char *bounce;     /* device memory: the data lands here first */
     int32_t fd;
     uint32_t op;
+    uint32_t status;  /* a STAT's answer while its descriptor closes */
 };
 
 struct vmfs_handle {

@@ -181,7 +181,11 @@ static void vmfs_acknowledge(const struct vmfs_ctx *c) {
    overlap, and a batch of them costs one system call. Each is checked and journalled first and
    answered when its completion is reaped. */
 
-enum { VMFS_RING_READ = 0, VMFS_RING_OPEN = 1, VMFS_RING_CLOSE = 2 };
+enum {
+    VMFS_RING_READ = 0, VMFS_RING_OPEN, VMFS_RING_CLOSE,
+    VMFS_RING_STAT,      /* its O_PATH open; then statx at once, and */
+    VMFS_RING_STAT_CLOSE /* the close of that descriptor, after which the STAT is answered */
+};
 /* What vmfs_native_command did besides VMFS_PUNT / ANSWERED / WOULD_BLOCK: it is on the ring. */
 enum { VMFS_ON_RING = 3 };
 
@@ -316,16 +320,79 @@ static int vmfs_close_to_ring(struct vmfs_ctx *c, uint64_t index, uint64_t id, u
     return VMFS_ON_RING;
 }
 
+/* STAT on the ring: the checks of vmfs_check_stat, then an O_PATH open of the path. */
+static int vmfs_stat_to_ring(struct vmfs_ctx *c, uint64_t index, uint64_t id, uint64_t cmd,
+                             const uint64_t *p, uint64_t started) {
+    uint32_t used = c->ring_paths_used;
+    char *path = c->ring_paths + (size_t)used * (c->f.max_path + 2);
+    struct io_uring_sqe *sqe;
+    struct vmfs_pending *q;
+    if (vmfs_check_stat(c, p, path) || !(sqe = vmfs_sqe(c))) return VMFS_PUNT;
+    q = vmfs_pending_for(c, VMFS_RING_STAT, index, id, cmd, p, started);
+    q->how[0] = O_PATH | O_CLOEXEC;
+    q->how[1] = 0;
+    q->how[2] = c->f.resolve;
+    io_uring_prep_openat2(sqe, c->root_fd, path, (struct open_how *)q->how);
+    io_uring_sqe_set_data64(sqe, index % c->f.capacity);
+    c->ring_paths_used = used + 1;
+    c->in_flight++;
+    return VMFS_ON_RING;
+}
+
 /* Whether a command may be served while others are on the ring, or must wait for them (the
    barrier): reads, opens and closes are independent of each other, except that a close must
-   not overtake a read that may still be resubmitted on the descriptor it closes. */
+   not overtake a read that may still be resubmitted on the descriptor it closes, and a STAT
+   not one whose access time it would report. */
 static int vmfs_joins_ring(const struct vmfs_ctx *c, int kind, const uint64_t *p) {
     switch (kind) {
     case VMFS_NATIVE_READ: return 1;
     case VMFS_NATIVE_OPEN: return vmfs_open_fits_ring(c, p);
     case VMFS_NATIVE_CLOSE: return c->ring && !c->reads_in_flight;
+    case VMFS_NATIVE_STAT:
+        return c->ring && c->root_fd >= 0 && !c->reads_in_flight &&
+               c->ring_paths_used < c->ring_paths_cap;
     default: return 0;
     }
+}
+
+static uint32_t vmfs_errno_status(const struct vmfs_ctx *c, int err) {
+    return (uint32_t)err < c->f.errno_count ? c->f.errno_status[err] : c->f.st_error;
+}
+
+/* An open on the ring that met a racing rename (EAGAIN) is made again at once, as
+   vmfs_openat2 does; its path is read from the share again. */
+static int vmfs_reopen(struct vmfs_ctx *c, const struct vmfs_pending *q, int res, char *path) {
+    if (vmfs_share_path(c, q->params[0], q->params[1], path) < 0) return res;
+    if (res != -EAGAIN) return res;
+    return vmfs_openat2(c->root_fd, path, q->how[0], q->how[1], q->how[2]);
+}
+
+/* A STAT's O_PATH descriptor (or failure) from the ring: the record goes to the share now, the
+   descriptor is closed on the ring; 1 when that close is queued (the STAT is answered then). */
+static int vmfs_stat_reaped(struct vmfs_ctx *c, struct vmfs_pending *q, uint32_t slot, int res) {
+    char path[c->f.max_path + 2];
+    struct statx sx;
+    struct io_uring_sqe *sqe;
+    int fd = res < 0 ? vmfs_reopen(c, q, res, path) : res;
+    if (fd < 0) {
+        q->status = vmfs_errno_status(c, -fd);
+        return 0;
+    }
+    if (statx(fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS, &sx) < 0) {
+        q->status = vmfs_errno_status(c, errno);
+    } else {
+        q->status = 0;
+        vmfs_stat_out(c, q->params[2], &sx);
+    }
+    if (!(sqe = io_uring_get_sqe(c->ring))) {
+        close(fd);
+        return 0;
+    }
+    q->op = VMFS_RING_STAT_CLOSE;
+    q->fd = fd;
+    io_uring_prep_close(sqe, fd);
+    io_uring_sqe_set_data64(sqe, slot);
+    return 1;
 }
 
 /* A FILE_OPEN's answer from its completion: the handle, or the status. */
@@ -334,10 +401,11 @@ static uint32_t vmfs_open_reaped(struct vmfs_ctx *c, const struct vmfs_pending *
     char path[c->f.max_path + 2];
     int fd = res;
     int64_t handle;
+    path[0] = 0;
     c->opens_in_flight--;
-    if (fd < 0 && vmfs_share_path(c, q->params[0], q->params[1], path) >= 0)
-        fd = vmfs_open_again(c, c->root_fd, path, q->how[0], q->how[1], -fd);
-    if (fd < 0) return (uint32_t)-fd < c->f.errno_count ? c->f.errno_status[-fd] : c->f.st_error;
+    if (fd < 0) fd = vmfs_reopen(c, q, fd, path);
+    if (fd < 0 && path[0]) fd = vmfs_open_again(c, c->root_fd, path, q->how[0], q->how[1], -fd);
+    if (fd < 0) return vmfs_errno_status(c, -fd);
     handle = vmfs_open_finish(c, fd, q->params[2]);
     if (handle < 0) return (uint32_t)-handle;
     *data = (uint64_t)handle;
@@ -361,6 +429,15 @@ static int vmfs_reap_ring(struct vmfs_ctx *c) {
             status = vmfs_open_reaped(c, q, res, &data);
         } else if (q->op == VMFS_RING_CLOSE) {
             status = res < 0 && res != -EINTR ? c->f.st_error : 0;
+        } else if (q->op == VMFS_RING_STAT) {
+            if (vmfs_stat_reaped(c, q, slot, res)) {
+                if (vmfs_move(c, slot, c->f.resubmit)) ret = -1;
+                again++;
+                continue;
+            }
+            status = q->status;
+        } else if (q->op == VMFS_RING_STAT_CLOSE) {
+            status = q->status; /* an O_PATH descriptor's close has nothing to report */
         } else {
             if (res > 0) {
                 q->done += (uint64_t)res;
@@ -371,8 +448,7 @@ static int vmfs_reap_ring(struct vmfs_ctx *c) {
                     continue;
                 }
             } else if (res < 0 && !q->done) {
-                status = (uint32_t)-res < c->f.errno_count ? c->f.errno_status[-res]
-                                                           : c->f.st_error;
+                status = vmfs_errno_status(c, -res);
             }
             if (q->bounce) {
                 if (q->done) vmfs_copy_aligned(c->share + q->buf_off, q->bounce, q->done);
@@ -389,7 +465,7 @@ static int vmfs_reap_ring(struct vmfs_ctx *c) {
         if (status) vmfs_note_refusal(c, q->index, q->id, q->cmd, status, q->params);
     }
     io_uring_cq_advance(c->ring, seen);
-    if (again) vmfs_ring_submit(c); /* the rest of short reads: queued, now submitted */
+    if (again) vmfs_ring_submit(c); /* the rest of short reads, STATs' closes: submitted */
     return ret;
 }
 
@@ -457,6 +533,8 @@ static uint64_t vmfs_serve_batch(struct vmfs_ctx *c, int64_t n, int *code) {
                 served = vmfs_open_to_ring(c, index, id, cmd, p, started);
             else if (kind == VMFS_NATIVE_CLOSE && vmfs_joins_ring(c, kind, p))
                 served = vmfs_close_to_ring(c, index, id, cmd, p, started);
+            else if (kind == VMFS_NATIVE_STAT && vmfs_joins_ring(c, kind, p))
+                served = vmfs_stat_to_ring(c, index, id, cmd, p, started);
             else
                 served = vmfs_native_run(c, kind, p, &status, &data);
         }
