@@ -9,7 +9,7 @@ struct vmfs_facts {
     uint32_t id_offset, type_offset, params_offset;
     uint32_t completion_status_offset, completion_data_offset;
     uint32_t num_commands, num_statuses, max_path, max_name, stat_size;
-    uint64_t max_file_offset, resolve;
+    uint64_t max_file_offset, resolve, resolve_descending;
     uint64_t open_access_mask, open_known, open_create, open_base, file_mode;
     uint64_t dir_open_flags, dir_mode, dir_min_buffer;
     uint32_t st_error, st_invalid_buffer, st_invalid_fd, st_invalid_read, st_invalid_write;

@@ -161,10 +161,23 @@ static int vmfs_open_looks(struct vmfs_ctx *c, int root) {
     return c->special;
 }
 
-/* How FILE_OPEN's open resolves its path: inside the root, and, when it made no look, without
-   leaving the root's mount (a path that would is opened again by vmfs_open_again). */
-static uint64_t vmfs_open_resolve(struct vmfs_ctx *c, int root) {
-    return c->f.resolve | (vmfs_open_looks(c, root) ? 0 : RESOLVE_NO_XDEV);
+/* Whether a parsed path has no ".." component: looked up from the root following no symlink,
+   it cannot leave the root (vmfs.driver.paths.RESOLVE_DESCENDING). */
+static int vmfs_path_descends(const char *path) {
+    const char *s = path;
+    while ((s = strstr(s, ".."))) {
+        if ((s == path || s[-1] == '/') && (s[2] == 0 || s[2] == '/')) return 0;
+        s += 2;
+    }
+    return 1;
+}
+
+/* How FILE_OPEN's first open resolves its path: inside the root (without the kernel's scoping
+   when the path only descends), and, when it made no look, without leaving the root's mount (a
+   path that would is opened again by vmfs_open_again). */
+static uint64_t vmfs_open_resolve(struct vmfs_ctx *c, int root, const char *path) {
+    uint64_t mount = vmfs_open_looks(c, root) ? 0 : RESOLVE_NO_XDEV;
+    return (vmfs_path_descends(path) ? c->f.resolve_descending : c->f.resolve) | mount;
 }
 
 /* What FILE_OPEN would open is a device node, FIFO or socket (never to be opened). A missing or
@@ -215,13 +228,22 @@ static uint32_t vmfs_check_open(struct vmfs_ctx *c, int root, const uint64_t *p,
     return 0;
 }
 
-/* FILE_OPEN after an open without a look failed with err: a path that names something other
+/* FILE_OPEN after its first open failed with err: a symlink met by a lookup that follows none
+   is followed by the scoped one; then, if no look was made, a path that names something other
    than a regular file is refused as one (-EISDIR: ERROR, the protocol's answer for every such
    kind), one that crosses into another mount is looked at and opened across it; any other
    failure stands. A descriptor (>= 0) or -errno. */
 static int vmfs_open_again(struct vmfs_ctx *c, int root, const char *path, uint64_t flags,
                            uint64_t mode, int err) {
-    if (vmfs_open_looks(c, root)) return -err; /* it looked before it opened */
+    int looks = vmfs_open_looks(c, root);
+    if (err == ELOOP && vmfs_path_descends(path)) {
+        /* a symlink on the way: the scoped lookup follows it, inside the root */
+        int fd = vmfs_openat2(root, path, flags, mode,
+                              c->f.resolve | (looks ? 0 : RESOLVE_NO_XDEV));
+        if (fd >= 0) return fd;
+        err = -fd;
+    }
+    if (looks) return -err; /* it looked before it opened */
     if (vmfs_not_regular(c, root, path)) return -EISDIR;
     if (err != EXDEV) return -err;
     return vmfs_openat2(root, path, flags, mode, c->f.resolve);
@@ -340,7 +362,7 @@ static int vmfs_native_open(struct vmfs_ctx *c, const uint64_t *p, uint64_t *dat
     int64_t handle;
     int fd;
     if (c->root_fd < 0 || vmfs_check_open(c, c->root_fd, p, path, &flags, &mode)) return VMFS_PUNT;
-    resolve = vmfs_open_resolve(c, c->root_fd);
+    resolve = vmfs_open_resolve(c, c->root_fd, path);
     if (!c->memory_root) {
         if (flags & O_CREAT) return VMFS_PUNT; /* RESOLVE_CACHED refuses O_CREAT: the ring */
         resolve |= RESOLVE_CACHED;              /* a lookup that would wait for the disk punts */

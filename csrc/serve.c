@@ -296,7 +296,7 @@ static int vmfs_open_to_ring(struct vmfs_ctx *c, uint64_t index, uint64_t id, ui
     q = vmfs_pending_for(c, VMFS_RING_OPEN, index, id, cmd, p, started);
     q->how[0] = flags;
     q->how[1] = mode;
-    q->how[2] = vmfs_open_resolve(c, c->root_fd);
+    q->how[2] = vmfs_open_resolve(c, c->root_fd, path);
     io_uring_prep_openat2(sqe, c->root_fd, path, (struct open_how *)q->how);
     io_uring_sqe_set_data64(sqe, index % c->f.capacity);
     c->ring_paths_used = used + 1; /* a submit in vmfs_sqe may have reset it: this one is kept */

@@ -181,3 +181,28 @@ def test_opens_and_closes_queued_together_are_each_answered(
         assert statuses == [Status.SUCCESS] * 10 + [Status.INVALID_FD]
         assert srv.process is not None
         assert not any(t.startswith(f"{root}/") for t in descriptors_of(srv.process.pid))
+
+
+@pytest.mark.parametrize("options", ["dev", "nodev"])
+def test_symlinks_inside_the_root_are_followed_inside_it(
+    tmp_path: Path, mounts: list[Path], options: str
+) -> None:
+    """A path that only descends is first looked up following no symlink; one it meets sends
+    the open back to the scoped lookup, which follows it inside the root."""
+    root = tmpfs(mounts, tmp_path / "root", options)
+    special_files(root)
+    (root / "sub").mkdir()
+    os.symlink("../file", root / "sub" / "up")
+    os.symlink("/file", root / "absolute")
+    os.symlink("sub", root / "dirlink")
+    os.symlink("loop", root / "loop")
+    with LoopbackServer(root=root, directory=tmp_path / "loop") as srv:
+        c = srv.client
+        assert c.initialise().ok
+        for name in ("sub/up", "absolute", "dirlink/up", "sub/../sub/up"):
+            opened = c.open(name, OpenFlags.READ_ONLY)
+            assert opened.ok, name
+            assert c.read(opened.data, 0, 64)[1] == b"regular\n", name
+            assert c.close(opened.data).ok
+        assert c.open("loop", OpenFlags.READ_ONLY).status == Status.INVALID_PATH
+        assert c.open("dirlink/../null", OpenFlags.READ_ONLY).status == Status.ERROR

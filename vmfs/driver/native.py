@@ -170,6 +170,7 @@ class Context:
         f.num_commands, f.num_statuses = NUM_COMMANDS, NUM_STATUSES
         f.max_path, f.max_name, f.stat_size = MAX_PATH_LENGTH, MAX_NAME_LENGTH, STAT_SIZE
         f.max_file_offset, f.resolve = MAX_FILE_OFFSET, paths.RESOLVE
+        f.resolve_descending = paths.RESOLVE_DESCENDING
         f.open_access_mask, f.open_known = ACCESS_MODE_MASK, KNOWN_OPEN_FLAGS
         f.open_create, f.open_base, f.file_mode = int(OpenFlags.CREATE), OPEN_BASE, FILE_MODE
         f.dir_open_flags, f.dir_mode = DIR_OPEN_FLAGS, DIR_MODE

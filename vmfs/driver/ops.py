@@ -211,7 +211,7 @@ class Operations(DirectoryCommands):
             return
         relative, linux_flags, mode = ffi.string(path), how[0], how[1]
         flags, create = req.params[2], bool(req.params[2] & CREATE_FLAG)
-        resolve = lib.vmfs_open_resolve(self.ctx, -1 if root is None else root)
+        resolve = lib.vmfs_open_resolve(self.ctx, -1 if root is None else root, relative)
         self.opening += 1
         try:
             fd = yield (IORING_OP_OPENAT2, root, relative, linux_flags, mode, resolve)

@@ -5,6 +5,10 @@ descriptor and goes through openat2 with RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
 absolute paths and absolute or relative symlinks found on the disk all stay inside the root.
 Operations on a final component (unlink, rmdir, mkdir, rename) act on a name relative to a
 parent directory resolved that way, so a final symlink is never followed out.
+
+FILE_OPEN first tries a path without a `..` component with RESOLVE_DESCENDING instead: a lookup
+from the root that follows no symlink and never goes up cannot leave the root, and the kernel
+skips the scoping work; a symlink on the way (ELOOP) sends it back to RESOLVE.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import os
 
 from vmfs._native import ffi, lib
 from vmfs.shm import Share
-from vmfs.uring import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2_sync
+from vmfs.uring import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, openat2_sync
 from vmfs.wire import U64_MASK, Status
 
 RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
+RESOLVE_DESCENDING = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
 O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 ROOT = b"."
 
