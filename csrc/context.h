@@ -78,7 +78,7 @@ struct vmfs_ctx {
     uint64_t bounce_budget, bounce_held; /* device memory: private buffers of reads on the ring */
     uint64_t bounce_peak;
     int device_memory, ring_available, memory_root;
-    int root_fd, special_for, special;
+    int root_fd, looks_for, looks; /* vmfs_open_looks: its answer, for which root */
     uint64_t io_known_for; /* the device whose I/O mode is io_known (VMFS_IO_*; 0: none) */
     int io_known;
     uint64_t *journal;    /* the journal's first entry, or NULL */

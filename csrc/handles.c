@@ -152,13 +152,13 @@ static long vmfs_share_path(const struct vmfs_ctx *c, uint64_t offset, uint64_t 
 #define VMFS_EXFAT_MAGIC 0x2011BAB0
 static int vmfs_open_looks(struct vmfs_ctx *c, int root) {
     struct statfs s;
-    if (c->special_for != root) {
-        c->special_for = root;
-        c->special = root >= 0 && !(fstatfs(root, &s) == 0 &&
+    if (c->looks_for != root) {
+        c->looks_for = root;
+        c->looks = root >= 0 && !(fstatfs(root, &s) == 0 &&
                                     ((s.f_flags & ST_NODEV) || s.f_type == VMFS_MSDOS_MAGIC ||
                                      s.f_type == VMFS_EXFAT_MAGIC));
     }
-    return c->special;
+    return c->looks;
 }
 
 /* Whether a parsed path has no ".." component: looked up from the root following no symlink,
@@ -180,8 +180,8 @@ static uint64_t vmfs_open_resolve(struct vmfs_ctx *c, int root, const char *path
     return (vmfs_path_descends(path) ? c->f.resolve_descending : c->f.resolve) | mount;
 }
 
-/* What FILE_OPEN would open is a device node, FIFO or socket (never to be opened). A missing or
-   refused path is not: the open itself reports it. */
+/* What FILE_OPEN would open is not a regular file (a directory, device node, FIFO or socket),
+   looked at without opening it. A missing or refused path is not: the open itself reports it. */
 static int vmfs_not_regular(const struct vmfs_ctx *c, int root, const char *path) {
     struct stat st;
     int fd = vmfs_openat2(root, path, O_PATH | O_CLOEXEC, 0, c->f.resolve);

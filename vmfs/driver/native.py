@@ -133,7 +133,7 @@ class Context:
         refusal = [int(status not in NOT_REFUSALS) for status in range(NUM_STATUSES)]
         c.refusal = self._keep_alive(ffi.new("uint8_t[]", refusal))
         c.root_fd = -1
-        c.special_for = -2
+        c.looks_for = -2
         c.ring_available = int(ring_available)
         c.wake_fd = c.irq_fd = c.notify_fd = -1
         c.idle_ms = 1000
@@ -195,6 +195,7 @@ class Context:
     def root_fd(self, fd: int | None) -> None:
         self.ctx.root_fd = -1 if fd is None else fd
         self.ctx.memory_root = int(fd is not None and lib.vmfs_memory_fs(fd))
+        self.ctx.looks_for = -2  # a new root: whether FILE_OPEN looks is learnt afresh
 
     def open_looks(self) -> bool:
         """Whether FILE_OPEN looks at its target before opening it: the root may hold device
