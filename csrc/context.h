@@ -93,7 +93,7 @@ struct vmfs_ctx {
     int spin_us, idle_ms;
     uint64_t served, batches_run;
     uint64_t cmpl_published;
-    struct io_uring *ring;   /* reads that would wait for the disk go here (NULL: none) */
+    struct io_uring *ring;   /* commands the loop puts on io_uring (NULL: none) */
     int ring_event_fd;       /* readable when the ring posts completions */
     struct vmfs_pending *pending; /* per queue slot */
     uint32_t in_flight;

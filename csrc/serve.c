@@ -2,8 +2,9 @@
 
   One call serves commands until one needs Python: it takes what the queue indices allow,
   moves each request along the compiled request machine handed over from vmfs.fsm (take, then
-  answer, then publish: an edge the table lacks stops the loop), serves the command with
-  vmfs_native_command, writes its completion, journal phase and counters, publishes the batch
+  answer, then publish, or submit and reap for a command on the ring: an edge the table lacks
+  stops the loop), serves the command (csrc/handles.c, or on the ring below), writes its
+  completion, journal phase and counters, publishes the batch
   and rings the doorbell, then sleeps on the transport's doorbell. It returns for a command it
   does not take (left untaken, for the Python engine), a refusal to log, a signal, a second
   without work, or indices it cannot trust. Nothing is ever in flight when it returns. */
@@ -177,7 +178,7 @@ static void vmfs_acknowledge(const struct vmfs_ctx *c) {
 }
 
 /* -- commands on the ring ----------------------------------------------------------------------
-   A FILE_READ whose data is not in memory, and FILE_OPEN and FILE_CLOSE, go on the ring: they
+   A FILE_READ whose data is not in memory, FILE_OPEN, FILE_CLOSE and STAT go on the ring: they
    overlap, and a batch of them costs one system call. Each is checked and journalled first and
    answered when its completion is reaped. */
 
@@ -186,7 +187,7 @@ enum {
     VMFS_RING_STAT,      /* its O_PATH open; then statx at once, and */
     VMFS_RING_STAT_CLOSE /* the close of that descriptor, after which the STAT is answered */
 };
-/* What vmfs_native_command did besides VMFS_PUNT / ANSWERED / WOULD_BLOCK: it is on the ring. */
+/* How a command was served, besides VMFS_PUNT / ANSWERED / WOULD_BLOCK: it is on the ring. */
 enum { VMFS_ON_RING = 3 };
 
 /* Submit what is prepared. Once the submission queue is empty the kernel has copied every
@@ -499,8 +500,9 @@ static void vmfs_read_slot(const struct vmfs_ctx *c, uint64_t index, uint64_t *i
 }
 
 /* Take and serve one batch: how many were taken; *code set when the loop must return. Reads
-   that would wait for the disk go on the ring and overlap; any other command first waits for
-   them (barrier_wait), so the client sees queue order. */
+   that would wait for the disk, opens, closes and STATs go on the ring and overlap; a command
+   that may not join them (vmfs_joins_ring) first waits for them (barrier_wait), so the client
+   sees queue order. */
 static uint64_t vmfs_serve_batch(struct vmfs_ctx *c, int64_t n, int *code) {
     uint64_t taken = 0, answered = 0, started = vmfs_now_ns();
     for (; (int64_t)taken < n; taken++) {

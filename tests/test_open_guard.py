@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from kernel_caps import NEEDS_MOUNT
 
-from vmfs.client import LoopbackServer
+from vmfs.client import Client, LoopbackServer
 from vmfs.wire import Command, OpenFlags, Status
 
 pytestmark = NEEDS_MOUNT
@@ -78,6 +78,15 @@ def descriptors_of(pid: int) -> set[str]:
     return targets
 
 
+def refused_unopened(c: Client, directory: str, writer: BlockedWriter) -> None:
+    """Every access mode of FILE_OPEN on the FIFO and the device node answers ERROR, and the
+    FIFO's writer is still blocked: nobody opened it."""
+    for flags in FLAGS:
+        assert c.open(f"{directory}/pipe", flags).status == Status.ERROR
+        assert c.open(f"{directory}/null", flags).status == Status.ERROR
+    assert not writer.opened.wait(0.5), "the driver opened the FIFO"
+
+
 def test_a_root_that_may_hold_device_nodes_is_looked_at_before_every_open(
     tmp_path: Path, mounts: list[Path]
 ) -> None:
@@ -87,10 +96,7 @@ def test_a_root_that_may_hold_device_nodes_is_looked_at_before_every_open(
     with LoopbackServer(root=root, directory=tmp_path / "loop") as srv:
         c = srv.client
         assert c.initialise().ok
-        for flags in FLAGS:
-            assert c.open("/pipe", flags).status == Status.ERROR
-            assert c.open("/null", flags).status == Status.ERROR
-        assert not writer.opened.wait(0.5), "the driver opened the FIFO"
+        refused_unopened(c, "", writer)
         opened = c.open("/file", OpenFlags.READ_ONLY)
         assert opened.ok and c.close(opened.data).ok
     writer.release()
@@ -134,10 +140,7 @@ def test_a_path_into_another_mount_is_looked_at_before_it_is_opened(
     with LoopbackServer(root=root, directory=tmp_path / "loop") as srv:
         c = srv.client
         assert c.initialise().ok
-        for flags in FLAGS:
-            assert c.open("/inner/pipe", flags).status == Status.ERROR
-            assert c.open("/inner/null", flags).status == Status.ERROR
-        assert not writer.opened.wait(0.5), "the driver opened the FIFO"
+        refused_unopened(c, "/inner", writer)
         opened = c.open("/inner/file", OpenFlags.READ_ONLY)
         assert opened.ok
         done, data = c.read(opened.data, 0, 64)

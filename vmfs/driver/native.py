@@ -239,7 +239,7 @@ class Context:
             c.doorbell = self._keep_alive(ffi.cast("uint8_t *", doorbell))
 
     def attach_ring(self, ring: Any, event_fd: int) -> None:
-        """The io_uring the loop puts reads that would wait for the disk on, and its eventfd."""
+        """The io_uring the loop puts cold reads, opens, closes and STATs on, and its eventfd."""
         self.ctx.ring = ring
         self.ctx.ring_event_fd = event_fd
         paths = self._keep_alive(ffi.new("char[]", RING_PATHS * (MAX_PATH_LENGTH + 2)))
