@@ -276,11 +276,31 @@ static int vmfs_read_to_ring(struct vmfs_ctx *c, uint64_t index, uint64_t id, ui
     return 0;
 }
 
+/* Whether an open of a client's path can go on the ring now: a served root, and a buffer for
+   the path until the open is submitted. */
+static int vmfs_ring_path_free(const struct vmfs_ctx *c) {
+    return c->ring && c->root_fd >= 0 && c->ring_paths_used < c->ring_paths_cap;
+}
+
+static char *vmfs_ring_path(const struct vmfs_ctx *c) {
+    return c->ring_paths + (size_t)c->ring_paths_used * (c->f.max_path + 2);
+}
+
+/* Queue openat2 of `path` (the next ring path buffer) from the root with q's open_how; the
+   path buffer is kept until submitted. */
+static void vmfs_ring_openat(struct vmfs_ctx *c, struct io_uring_sqe *sqe, struct vmfs_pending *q,
+                             char *path, uint32_t used) {
+    io_uring_prep_openat2(sqe, c->root_fd, path, (struct open_how *)q->how);
+    io_uring_sqe_set_data64(sqe, q->index % c->f.capacity);
+    c->ring_paths_used = used + 1; /* a submit in vmfs_sqe may have reset it: this one is kept */
+    c->in_flight++;
+}
+
 /* Whether FILE_OPEN p can go on the ring now: not a create (the kernel would run it on a
-   worker), a handle slot for it when it completes, a buffer for its path until submitted. */
+   worker), a handle slot for it when it completes, a buffer for its path. */
 static int vmfs_open_fits_ring(const struct vmfs_ctx *c, const uint64_t *p) {
-    return c->ring && c->root_fd >= 0 && !(p[2] & c->f.open_create) &&
-           c->handles.free_count > c->opens_in_flight && c->ring_paths_used < c->ring_paths_cap;
+    return vmfs_ring_path_free(c) && !(p[2] & c->f.open_create) &&
+           c->handles.free_count > c->opens_in_flight;
 }
 
 /* FILE_OPEN on the ring: the checks of vmfs_check_open, then the open. VMFS_ON_RING, or
@@ -288,7 +308,7 @@ static int vmfs_open_fits_ring(const struct vmfs_ctx *c, const uint64_t *p) {
 static int vmfs_open_to_ring(struct vmfs_ctx *c, uint64_t index, uint64_t id, uint64_t cmd,
                              const uint64_t *p, uint64_t started) {
     uint32_t used = c->ring_paths_used;
-    char *path = c->ring_paths + (size_t)used * (c->f.max_path + 2);
+    char *path = vmfs_ring_path(c);
     uint64_t flags, mode;
     struct io_uring_sqe *sqe;
     struct vmfs_pending *q;
@@ -298,10 +318,7 @@ static int vmfs_open_to_ring(struct vmfs_ctx *c, uint64_t index, uint64_t id, ui
     q->how[0] = flags;
     q->how[1] = mode;
     q->how[2] = vmfs_open_resolve(c, c->root_fd, path);
-    io_uring_prep_openat2(sqe, c->root_fd, path, (struct open_how *)q->how);
-    io_uring_sqe_set_data64(sqe, index % c->f.capacity);
-    c->ring_paths_used = used + 1; /* a submit in vmfs_sqe may have reset it: this one is kept */
-    c->in_flight++;
+    vmfs_ring_openat(c, sqe, q, path, used);
     c->opens_in_flight++;
     return VMFS_ON_RING;
 }
@@ -325,7 +342,7 @@ static int vmfs_close_to_ring(struct vmfs_ctx *c, uint64_t index, uint64_t id, u
 static int vmfs_stat_to_ring(struct vmfs_ctx *c, uint64_t index, uint64_t id, uint64_t cmd,
                              const uint64_t *p, uint64_t started) {
     uint32_t used = c->ring_paths_used;
-    char *path = c->ring_paths + (size_t)used * (c->f.max_path + 2);
+    char *path = vmfs_ring_path(c);
     struct io_uring_sqe *sqe;
     struct vmfs_pending *q;
     if (vmfs_check_stat(c, p, path) || !(sqe = vmfs_sqe(c))) return VMFS_PUNT;
@@ -333,10 +350,7 @@ static int vmfs_stat_to_ring(struct vmfs_ctx *c, uint64_t index, uint64_t id, ui
     q->how[0] = O_PATH | O_CLOEXEC;
     q->how[1] = 0;
     q->how[2] = c->f.resolve;
-    io_uring_prep_openat2(sqe, c->root_fd, path, (struct open_how *)q->how);
-    io_uring_sqe_set_data64(sqe, index % c->f.capacity);
-    c->ring_paths_used = used + 1;
-    c->in_flight++;
+    vmfs_ring_openat(c, sqe, q, path, used);
     return VMFS_ON_RING;
 }
 
@@ -349,9 +363,7 @@ static int vmfs_joins_ring(const struct vmfs_ctx *c, int kind, const uint64_t *p
     case VMFS_NATIVE_READ: return 1;
     case VMFS_NATIVE_OPEN: return vmfs_open_fits_ring(c, p);
     case VMFS_NATIVE_CLOSE: return c->ring && !c->reads_in_flight;
-    case VMFS_NATIVE_STAT:
-        return c->ring && c->root_fd >= 0 && !c->reads_in_flight &&
-               c->ring_paths_used < c->ring_paths_cap;
+    case VMFS_NATIVE_STAT: return vmfs_ring_path_free(c) && !c->reads_in_flight;
     default: return 0;
     }
 }

@@ -203,15 +203,16 @@ class Operations(DirectoryCommands):
         """Checks, confinement and the handle are csrc/handles.c's (shared with the native
         loop); the open itself may go through io_uring."""
         root = self._root()
+        root_fd = -1 if root is None else root
         path, how = self.native.path_buffer, self._open_how
         p = self._c_params(req.params)
-        status = lib.vmfs_check_open(self.ctx, -1 if root is None else root, p, path, how, how + 1)
+        status = lib.vmfs_check_open(self.ctx, root_fd, p, path, how, how + 1)
         if status:
             req.finish(status)
             return
         relative, linux_flags, mode = ffi.string(path), how[0], how[1]
         flags, create = req.params[2], bool(req.params[2] & CREATE_FLAG)
-        resolve = lib.vmfs_open_resolve(self.ctx, -1 if root is None else root, relative)
+        resolve = lib.vmfs_open_resolve(self.ctx, root_fd, relative)
         self.opening += 1
         try:
             fd = yield (IORING_OP_OPENAT2, root, relative, linux_flags, mode, resolve)
